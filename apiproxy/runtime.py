@@ -1,0 +1,95 @@
+"""Running the proxy: the uvloop event loop, signals, and the order of start-up and shutdown.
+
+Start: bind the listener, then serve. SIGTERM/SIGINT: stop accepting, drain open tunnels up to the drain
+timeout, exit 0; a second signal exits at once with 1. Background services (VIP reconciler, monitoring)
+are started and stopped around the server through `Service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+import uvloop
+
+from .server import ProxyServer
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """Something that lives beside the server for the life of the process."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run `main` on a uvloop loop (not a global policy: helper threads may run stdlib loops)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: each tunnel holds two descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
+class Shutdown:
+    """Turns the first SIGTERM/SIGINT into a graceful stop and a second into an immediate exit(1)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.requested = asyncio.Event()
+        self.signals = 0
+        self.on_request: list[Callable[[], None]] = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._signal, signum)
+
+    def _signal(self, signum: int) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(1)
+        log.info("%s: draining", signal.Signals(signum).name)
+        for callback in self.on_request:
+            callback()
+        self.requested.set()
+
+
+async def serve(server: ProxyServer, drain_timeout: float, services: list[Service] | None = None) -> int:
+    """Serve until a signal, then drain. Returns the exit status."""
+    loop = asyncio.get_running_loop()
+    shutdown = Shutdown(loop)
+    soft, _ = raise_fd_limit()
+    log.info("file descriptor limit: %d", soft)
+    services = services or []
+    started: list[Service] = []
+    try:
+        for service in services:
+            await service.start()
+            started.append(service)
+        await server.start()
+        shutdown.on_request.append(server.stop_accepting)
+        await shutdown.requested.wait()
+        aborted = await server.drain(drain_timeout)
+        log.info("drained; %d tunnels were cut at the deadline", aborted)
+    finally:
+        for service in reversed(started):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(service).__name__)
+    return 0

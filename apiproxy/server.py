@@ -1,0 +1,179 @@
+"""The listener: accepts client connections, admits them up to the connection limit, and drains.
+
+`ProxyServer` owns what all tunnels share (`TunnelContext`: configuration, the CONNECT request bytes,
+the dialer, the set of open tunnels, the observer). Shutdown follows the usual order: stop accepting,
+let open tunnels finish up to a deadline, abort the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from .config import ConfigError, ListenerConfig, TunnelConfig, UpstreamProtocol
+from .handshake import build_connect_request
+from .tunnel import DRAIN_TIMEOUT, Tunnel, TunnelObserver
+from .upstream import Dialer, Resolver, format_address
+
+log = logging.getLogger(__name__)
+
+# Linux's IP_FREEBIND; Python 3.11's socket module lacks the constant.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+OVERFLOW = "overflow"
+DRAINING = "draining"
+
+
+class NullObserver:
+    """Observes nothing; the default until metrics and logs are plugged in."""
+
+    def tunnel_opened(self, tunnel: Tunnel) -> None:
+        pass
+
+    def tunnel_established(self, tunnel: Tunnel) -> None:
+        pass
+
+    def tunnel_closed(self, tunnel: Tunnel) -> None:
+        pass
+
+    def connection_rejected(self, reason: str, peer: tuple[str, int] | None) -> None:
+        pass
+
+
+class TunnelContext:
+    """What every tunnel of one listener shares."""
+
+    def __init__(
+        self, config: TunnelConfig, max_connections: int, observer: TunnelObserver, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.config = config
+        self.max_connections = max_connections
+        self.observer = observer
+        self.loop = loop
+        self.resolver = Resolver(config.upstream, config.dns_family, config.dns_refresh)
+        self.dialer = Dialer(config, self.resolver)
+        self.proxy_protocol = config.upstream_protocol is UpstreamProtocol.PROXY_PROTOCOL_V2
+        self.connect_request = (
+            b"" if self.proxy_protocol else build_connect_request(config.connect_authority, config.connect_headers)
+        )
+        self.tunnels: set[Tunnel] = set()
+        self.draining = False
+
+    def admission(self) -> str | None:
+        """None to admit a new connection, else the reason it is refused."""
+        if self.draining:
+            return DRAINING
+        if len(self.tunnels) >= self.max_connections:
+            return OVERFLOW
+        return None
+
+    def log_failure(self, tunnel: Tunnel, detail: str) -> None:
+        peer = f"{tunnel.peer[0]}:{tunnel.peer[1]}" if tunnel.peer else "?"
+        log.warning("tunnel from %s failed (%s): %s", peer, tunnel.reason, detail)
+
+
+class ProxyServer:
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        tunnel: TunnelConfig,
+        observer: TunnelObserver | None = None,
+    ) -> None:
+        self.listener_config = listener
+        self.tunnel_config = tunnel
+        self.observer: TunnelObserver = observer or NullObserver()
+        self._server: asyncio.Server | None = None
+        self._context: TunnelContext | None = None
+        self.address: tuple[Any, ...] | None = None
+
+    @property
+    def context(self) -> TunnelContext:
+        assert self._context is not None, "ProxyServer.start() first"
+        return self._context
+
+    @property
+    def bound(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    @property
+    def tunnels(self) -> set[Tunnel]:
+        return self.context.tunnels
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._context = TunnelContext(self.tunnel_config, self.listener_config.max_connections, self.observer, loop)
+        sock = await self._listening_socket()
+        context = self._context
+        self._server = await loop.create_server(lambda: Tunnel(context), sock=sock, backlog=self.listener_config.backlog)
+        self.address = sock.getsockname()
+        log.info(
+            "listening on %s, tunnelling to %s (%s)",
+            self.listener_config.listen,
+            self.tunnel_config.upstream,
+            self.tunnel_config.upstream_protocol.value,
+        )
+
+    async def _listening_socket(self) -> socket.socket:
+        listen = self.listener_config.listen
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(
+                listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except socket.gaierror as error:
+            raise ConfigError("--listen", str(listen), f"an address this host can resolve ({error.strerror})") from None
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.listener_config.freebind:
+                level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.IPPROTO_IP
+                sock.setsockopt(level, IP_FREEBIND, 1)
+            sock.bind(sockaddr)
+        except OSError as error:
+            sock.close()
+            raise ConfigError(
+                "--listen", str(listen), f"an address this host can listen on ({error.strerror or error})"
+            ) from None
+        sock.setblocking(False)
+        return sock
+
+    def stop_accepting(self) -> None:
+        """Close the listener; open tunnels go on. New connections meanwhile are refused as draining."""
+        if self._context is not None:
+            self._context.draining = True
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float) -> int:
+        """Stop accepting, wait up to `timeout` s for open tunnels to end, abort the rest. Returns that count."""
+        self.stop_accepting()
+        context = self.context
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if context.tunnels:
+            log.info("draining %d open tunnels (up to %gs)", len(context.tunnels), timeout)
+        while context.tunnels and loop.time() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        remaining = list(context.tunnels)
+        for tunnel in remaining:
+            tunnel.abort(DRAIN_TIMEOUT)
+        if remaining:
+            log.warning("closed %d tunnels still open at the end of the drain", len(remaining))
+            # Let the transports report their loss so every tunnel is accounted for.
+            for _ in range(10):
+                if not context.tunnels:
+                    break
+                await asyncio.sleep(0.01)
+        if self._server is not None:
+            await self._server.wait_closed()
+        return len(remaining)
+
+    def statistics(self) -> dict[str, Any]:
+        context = self.context
+        return {
+            "open_tunnels": len(context.tunnels),
+            "draining": context.draining,
+            "gateway_addresses": [format_address(a) for a in context.resolver.cached],
+        }
