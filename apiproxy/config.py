@@ -7,9 +7,10 @@ one line and exit 2 instead of a traceback. Nothing here does I/O.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -24,12 +25,12 @@ class ConfigError(ValueError):
         super().__init__(f"{option}: expected {expected}, got {value!r}")
 
 
-class UpstreamProtocol(str, Enum):
+class UpstreamProtocol(StrEnum):
     CONNECT = "connect"
     PROXY_PROTOCOL_V2 = "proxy-protocol-v2"
 
 
-class DNSFamily(str, Enum):
+class DNSFamily(StrEnum):
     AUTO = "auto"
     V4 = "v4"
     V6 = "v6"
@@ -90,10 +91,49 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VIPConfig:
+    """Keeping the virtual IP on a local interface (what the Go sidecar did), see `apiproxy.vip`."""
+
+    address: IPAddress
+    interface: str = "lo"
+    # The safety-net pass; netlink events trigger repairs in between.
+    sync_interval: float = 60.0
+    # On exit, remove the address (and the link, if this process created it).
+    cleanup: bool = False
+    # The historical NOTRACK/ACCEPT rules for VIP:port.
+    setup_iptables: bool = False
+    port: int = 443
+
+
+DEFAULT_MONITORING_ADDRESSES = (Endpoint("0.0.0.0", 16910), Endpoint("::", 16910))
+
+# Gardener's access-log line (an Envoy format string), the default of the access log.
+GARDENER_ACCESS_LOG_FORMAT = (
+    "[%START_TIME%] %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% rx %BYTES_SENT% tx %DURATION%ms "
+    '"%DOWNSTREAM_REMOTE_ADDRESS%" "%UPSTREAM_HOST%"\n'
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringConfig:
+    """Port 16910: /metrics and /ready; the access log; see `apiproxy.monitoring`."""
+
+    addresses: tuple[Endpoint, ...] = DEFAULT_MONITORING_ADDRESSES
+    envoy_compatible_metrics: bool = True
+    # None: no access log. An Envoy format string (Envoy's %COMMAND% syntax).
+    access_log_format: str | None = GARDENER_ACCESS_LOG_FORMAT
+    # Envoy's names in the Envoy-compatible metrics (Gardener's config uses these).
+    envoy_cluster_name: str = "kube_apiserver"
+    envoy_stat_prefix: str = "kube_apiserver"
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     listener: ListenerConfig
     tunnel: TunnelConfig
-    vip: IPAddress | None = None
+    vip: VIPConfig | None = None
+    monitoring: MonitoringConfig | None = None
+    drain_timeout: float = 20.0
 
 
 # --- parsers -------------------------------------------------------------------------------------------
@@ -125,7 +165,7 @@ def parse_duration(option: str, value: str | float | int, *, allow_zero: bool = 
                 pos = match.end()
             if pos != len(text):
                 raise ConfigError(option, value, expected) from None
-    if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
+    if not math.isfinite(seconds) or seconds < 0:
         raise ConfigError(option, value, expected)
     if seconds == 0 and not allow_zero:
         raise ConfigError(option, value, "a duration greater than zero")
@@ -173,7 +213,9 @@ def parse_int(option: str, value: str | int, *, minimum: int, maximum: int) -> i
 
 # A DNS name: labels of letters, digits, '-' and '_' (seen in some internal names), 1-63 characters each,
 # optionally ending in '.', as Gardener writes them (`api.bar.foo.internal.example.com.`).
-_HOSTNAME = re.compile(r"(?=.{1,254}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+_HOSTNAME = re.compile(
+    r"(?=.{1,254}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
 
 
 def is_hostname(text: str) -> bool:
@@ -192,7 +234,9 @@ def parse_endpoint(
 ) -> Endpoint:
     """`host:port`, `[v6]:port`, or (with a default port) a bare host / bracketed IPv6 address."""
     kind = "IP" if require_ip else "HOST"
-    expected = f"{kind}:PORT (IPv6 as [ADDRESS]:PORT)" + (f" or {kind} (port {default_port})" if default_port else "")
+    expected = f"{kind}:PORT (IPv6 as [ADDRESS]:PORT)" + (
+        f" or {kind} (port {default_port})" if default_port else ""
+    )
     text = value.strip()
     port_text: str | None
     if text.startswith("["):
@@ -249,7 +293,9 @@ def parse_header_name(option: str, value: str) -> str:
 def parse_header_value(option: str, value: str) -> str:
     if not _FIELD_VALUE.fullmatch(value):
         raise ConfigError(
-            option, value, "a non-empty HTTP header value of visible ASCII characters (no CR, LF or control bytes)"
+            option,
+            value,
+            "a non-empty HTTP header value of visible ASCII characters (no CR, LF or control bytes)",
         )
     return value
 
@@ -257,4 +303,3 @@ def parse_header_value(option: str, value: str) -> str:
 def parse_authority(option: str, value: str) -> str:
     """The CONNECT request-target (RFC 9110 §9.3.6: authority-form, `host:port`)."""
     return str(parse_endpoint(option, value))
-

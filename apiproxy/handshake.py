@@ -43,7 +43,9 @@ class HandshakeError(Exception):
         self.reason = reason
 
 
-def build_connect_request(authority: str, headers: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> bytes:
+def build_connect_request(
+    authority: str, headers: tuple[tuple[str, str], ...] | list[tuple[str, str]]
+) -> bytes:
     """The request bytes: `CONNECT authority HTTP/1.1`, `Host: authority`, then `headers` in order."""
     request = h11.Request(method="CONNECT", target=authority, headers=[("Host", authority), *headers])
     return _new_client(request, DEFAULT_MAX_HEAD_SIZE)[1]
@@ -58,7 +60,9 @@ def _new_client(request: h11.Request, max_head_size: int) -> tuple[h11.Connectio
 
 # Any CONNECT request puts an h11 client in the state an answer is read in; the gateway's answer does not
 # depend on which request h11 believes it sent (only on the method, CONNECT).
-_PROTOTYPE_REQUEST = h11.Request(method="CONNECT", target="apiproxy.invalid:443", headers=[("Host", "apiproxy.invalid:443")])
+_PROTOTYPE_REQUEST = h11.Request(
+    method="CONNECT", target="apiproxy.invalid:443", headers=[("Host", "apiproxy.invalid:443")]
+)
 
 # head bytes -> (status, reason), only for final answers h11 has parsed from the very first byte.
 _known_heads: dict[bytes, tuple[int, bytes]] = {}
@@ -88,7 +92,9 @@ class ConnectHandshake:
             self._client = _new_client(_PROTOTYPE_REQUEST, self._max_head_size)[0]
         if len(buffer) > self._max_head_size + 65536:
             # h11 enforces the head limit; this only bounds what we keep for the cache key.
-            raise HandshakeError("answer_too_large", f"gateway answer head exceeds {self._max_head_size} bytes")
+            raise HandshakeError(
+                "answer_too_large", f"gateway answer head exceeds {self._max_head_size} bytes"
+            )
         self._buffer = buffer
         return self._parse(data)
 
@@ -138,7 +144,11 @@ class ConnectHandshake:
         # is the end of the head h11 read.
         if head.count(b"\n") != head.count(b"\r\n") or head.find(b"\r\n\r\n") != head_size - 4:
             return
-        if 200 <= status < 300 and self._client is not None and self._client.their_state is not h11.SWITCHED_PROTOCOL:
+        if (
+            200 <= status < 300
+            and self._client is not None
+            and self._client.their_state is not h11.SWITCHED_PROTOCOL
+        ):
             return
         if len(_known_heads) >= _CACHE_MAX_ENTRIES:
             _known_heads.clear()

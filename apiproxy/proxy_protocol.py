@@ -36,7 +36,9 @@ def encode_v2_local() -> bytes:
     return SIGNATURE + struct.pack("!BBH", _VERSION_2 | _COMMAND_LOCAL, 0x00, 0)
 
 
-def _unmap(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def _unmap(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import uvloop
 
+from .config import ProxyConfig
 from .server import ProxyServer
 
 log = logging.getLogger(__name__)
@@ -93,3 +94,31 @@ async def serve(server: ProxyServer, drain_timeout: float, services: list[Servic
             except Exception:
                 log.exception("stopping %s failed", type(service).__name__)
     return 0
+
+
+def run_proxy(config: ProxyConfig) -> int:
+    """The whole node proxy for `config`: listener, VIP reconciler and monitoring. Returns the exit status.
+
+    Shared by `apiproxy run`, `apiproxy tunnel` and the `apiproxy-envoy` front end.
+    """
+    return run_loop(lambda: _main(config))
+
+
+async def _main(config: ProxyConfig) -> int:
+    server = ProxyServer(config.listener, config.tunnel)
+    services: list[Service] = []
+    vip_service = None
+    if config.monitoring is not None:
+        from .monitoring import Monitoring
+
+        monitoring = Monitoring(config, server)
+        server.observer = monitoring.observer
+        services.append(monitoring)
+    if config.vip is not None:
+        from .vip.service import VIPService
+
+        vip_service = VIPService(config.vip)
+        services.append(vip_service)
+        if config.monitoring is not None:
+            monitoring.attach_vip(vip_service)
+    return await serve(server, config.drain_timeout, services)

@@ -45,7 +45,11 @@ class TunnelContext:
     """What every tunnel of one listener shares."""
 
     def __init__(
-        self, config: TunnelConfig, max_connections: int, observer: TunnelObserver, loop: asyncio.AbstractEventLoop
+        self,
+        config: TunnelConfig,
+        max_connections: int,
+        observer: TunnelObserver,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.config = config
         self.max_connections = max_connections
@@ -55,7 +59,9 @@ class TunnelContext:
         self.dialer = Dialer(config, self.resolver)
         self.proxy_protocol = config.upstream_protocol is UpstreamProtocol.PROXY_PROTOCOL_V2
         self.connect_request = (
-            b"" if self.proxy_protocol else build_connect_request(config.connect_authority, config.connect_headers)
+            b""
+            if self.proxy_protocol
+            else build_connect_request(config.connect_authority, config.connect_headers)
         )
         self.tunnels: set[Tunnel] = set()
         self.draining = False
@@ -102,10 +108,14 @@ class ProxyServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._context = TunnelContext(self.tunnel_config, self.listener_config.max_connections, self.observer, loop)
+        self._context = TunnelContext(
+            self.tunnel_config, self.listener_config.max_connections, self.observer, loop
+        )
         sock = await self._listening_socket()
         context = self._context
-        self._server = await loop.create_server(lambda: Tunnel(context), sock=sock, backlog=self.listener_config.backlog)
+        self._server = await loop.create_server(
+            lambda: Tunnel(context), sock=sock, backlog=self.listener_config.backlog
+        )
         self.address = sock.getsockname()
         log.info(
             "listening on %s, tunnelling to %s (%s)",
@@ -122,7 +132,9 @@ class ProxyServer:
                 listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )
         except socket.gaierror as error:
-            raise ConfigError("--listen", str(listen), f"an address this host can resolve ({error.strerror})") from None
+            raise ConfigError(
+                "--listen", str(listen), f"an address this host can resolve ({error.strerror})"
+            ) from None
         family, _, _, _, sockaddr = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:

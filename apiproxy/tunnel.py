@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from .handshake import ConnectHandshake, HandshakeError
@@ -64,7 +65,7 @@ class UpstreamSide(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.handshake: ConnectHandshake | None = None
         # Set when the relay starts: the client transport's write.
-        self.peer_write = None
+        self.peer_write: Callable[[bytes], None] | None = None
         self.rx_bytes = 0
         self.eof = False
         self.lost = False
@@ -139,7 +140,7 @@ class Tunnel(asyncio.Protocol):
         self.upstream: UpstreamSide | None = None
         self.upstream_address: Address | None = None
         self.peer: tuple[str, int] | None = None
-        self.peer_write = None
+        self.peer_write: Callable[[bytes], None] | None = None
         self.pending: list[bytes] | None = None
         self.setup: asyncio.Task[None] | None = None
         self.answer_timer: asyncio.TimerHandle | None = None
@@ -277,7 +278,9 @@ class Tunnel(asyncio.Protocol):
             self._start_relay(b"")
             return
         transport.write(context.connect_request)
-        self.answer_timer = context.loop.call_later(context.config.connect_answer_timeout, self._answer_timeout)
+        self.answer_timer = context.loop.call_later(
+            context.config.connect_answer_timeout, self._answer_timeout
+        )
 
     def answer_received(self, data: bytes) -> None:
         upstream = self.upstream

@@ -56,7 +56,9 @@ class Resolver:
         ip = endpoint.ip
         if ip is not None:
             family_of_ip = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            sockaddr: SockAddr = (str(ip), endpoint.port) if ip.version == 4 else (str(ip), endpoint.port, 0, 0)
+            sockaddr: SockAddr = (
+                (str(ip), endpoint.port) if ip.version == 4 else (str(ip), endpoint.port, 0, 0)
+            )
             self._addresses = [(family_of_ip, sockaddr)]
             self._expires = float("inf")
 
@@ -95,10 +97,14 @@ class Resolver:
                 )
                 self._expires = time.monotonic() + self.refresh
                 return self._addresses
-            raise UpstreamError("dns_failure", f"cannot resolve gateway {self.endpoint.host}: {error}") from None
+            raise UpstreamError(
+                "dns_failure", f"cannot resolve gateway {self.endpoint.host}: {error}"
+            ) from None
         self._notify(True, started)
         if addresses != self._addresses:
-            log.info("gateway %s resolves to %s", self.endpoint.host, ", ".join(_format(a) for a in addresses))
+            log.info(
+                "gateway %s resolves to %s", self.endpoint.host, ", ".join(_format(a) for a in addresses)
+            )
         self._addresses = addresses
         self._expires = time.monotonic() + self.refresh
         return addresses
@@ -155,10 +161,13 @@ class Dialer:
                         f"connecting to gateway {_format(address)} timed out after {self.config.connect_timeout:g}s",
                     ) from None
                 except ConnectionRefusedError:
-                    raise UpstreamError("connect_refused", f"gateway {_format(address)} refused the connection") from None
+                    raise UpstreamError(
+                        "connect_refused", f"gateway {_format(address)} refused the connection"
+                    ) from None
                 except OSError as error:
                     raise UpstreamError(
-                        "connect_error", f"cannot connect to gateway {_format(address)}: {error.strerror or error}"
+                        "connect_error",
+                        f"cannot connect to gateway {_format(address)}: {error.strerror or error}",
                     ) from None
                 transport, _ = await loop.create_connection(protocol_factory, sock=sock)
             except UpstreamError as error:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Annotated, TypeVar
 
 import typer
 
 from ..config import (
     DEFAULT_DESTINATION_HEADER,
+    DEFAULT_MONITORING_ADDRESSES,
+    GARDENER_ACCESS_LOG_FORMAT,
     ConfigError,
     DNSFamily,
     IPAddress,
     ListenerConfig,
+    MonitoringConfig,
     ProxyConfig,
     TunnelConfig,
     UpstreamProtocol,
+    VIPConfig,
     parse_authority,
     parse_duration,
     parse_endpoint,
@@ -27,8 +32,11 @@ from ..config import (
 )
 
 
-def _opt(*names: str, env: str, help: str, **kwargs: object) -> typer.models.OptionInfo:
-    return typer.Option(*names, envvar=f"APIPROXY_{env}", help=help, show_envvar=True, **kwargs)  # type: ignore[arg-type]
+def _opt(*names: str, env: str, help: str) -> typer.models.OptionInfo:
+    option: typer.models.OptionInfo = typer.Option(
+        *names, envvar=f"APIPROXY_{env}", help=help, show_envvar=True
+    )
+    return option
 
 
 @dataclass(frozen=True)
@@ -125,18 +133,67 @@ def build_listener(
     return ListenerConfig(listen=endpoint, max_connections=limit), vip
 
 
+_INTERFACE_NAME = re.compile(r"[^/\s:]{1,15}")
+
+
+def build_vip(
+    vip: IPAddress, interface: str, sync_interval: str, cleanup: bool, setup_iptables: bool, port: int
+) -> VIPConfig:
+    if not _INTERFACE_NAME.fullmatch(interface) or interface in (".", ".."):
+        raise ConfigError(
+            "--interface", interface, "a Linux interface name (1-15 characters, no '/', ':' or spaces)"
+        )
+    return VIPConfig(
+        address=vip,
+        interface=interface,
+        sync_interval=parse_duration("--sync-interval", sync_interval),
+        cleanup=cleanup,
+        setup_iptables=setup_iptables,
+        port=port,
+    )
+
+
+def build_monitoring(
+    addresses: list[str] | None, envoy_compatible: bool, access_log: bool
+) -> MonitoringConfig | None:
+    if addresses and [a.strip().lower() for a in addresses] == ["off"]:
+        return None
+    endpoints = (
+        tuple(parse_endpoint("--metrics-address", a, require_ip=True) for a in addresses)
+        if addresses
+        else DEFAULT_MONITORING_ADDRESSES
+    )
+    return MonitoringConfig(
+        addresses=endpoints,
+        envoy_compatible_metrics=envoy_compatible,
+        access_log_format=GARDENER_ACCESS_LOG_FORMAT if access_log else None,
+    )
+
+
 # Option declarations shared with `apiproxy tunnel`.
 UpstreamOpt = Annotated[
     str | None,
-    _opt("--upstream", env="UPSTREAM", help="The seed gateway, HOST:PORT (e.g. api.bar.foo.internal.example.com.:8443)."),
+    _opt(
+        "--upstream",
+        env="UPSTREAM",
+        help="The seed gateway, HOST:PORT (e.g. api.bar.foo.internal.example.com.:8443).",
+    ),
 ]
 ConnectAuthorityOpt = Annotated[
     str | None,
-    _opt("--connect-authority", env="CONNECT_AUTHORITY", help="CONNECT request-target and Host [default: <upstream host>:443]."),
+    _opt(
+        "--connect-authority",
+        env="CONNECT_AUTHORITY",
+        help="CONNECT request-target and Host [default: <upstream host>:443].",
+    ),
 ]
 DestinationOpt = Annotated[
     str | None,
-    _opt("--destination", env="DESTINATION", help="Destination header value, e.g. outbound|443||kube-apiserver.<ns>.svc.cluster.local."),
+    _opt(
+        "--destination",
+        env="DESTINATION",
+        help="Destination header value, e.g. outbound|443||kube-apiserver.<ns>.svc.cluster.local.",
+    ),
 ]
 DestinationHeaderOpt = Annotated[
     list[str] | None,
@@ -147,20 +204,41 @@ DestinationHeaderOpt = Annotated[
     ),
 ]
 UpstreamProtocolOpt = Annotated[
-    str, _opt("--upstream-protocol", env="UPSTREAM_PROTOCOL", help="connect, or the legacy proxy-protocol-v2.")
+    str,
+    _opt("--upstream-protocol", env="UPSTREAM_PROTOCOL", help="connect, or the legacy proxy-protocol-v2."),
 ]
-DNSFamilyOpt = Annotated[str, _opt("--dns-family", env="DNS_FAMILY", help="Gateway address family: auto, v4 or v6.")]
-DNSRefreshOpt = Annotated[str, _opt("--dns-refresh", env="DNS_REFRESH", help="Re-resolve the gateway name this often.")]
-ConnectTimeoutOpt = Annotated[str, _opt("--connect-timeout", env="CONNECT_TIMEOUT", help="TCP connect timeout per gateway address.")]
+DNSFamilyOpt = Annotated[
+    str, _opt("--dns-family", env="DNS_FAMILY", help="Gateway address family: auto, v4 or v6.")
+]
+DNSRefreshOpt = Annotated[
+    str, _opt("--dns-refresh", env="DNS_REFRESH", help="Re-resolve the gateway name this often.")
+]
+ConnectTimeoutOpt = Annotated[
+    str, _opt("--connect-timeout", env="CONNECT_TIMEOUT", help="TCP connect timeout per gateway address.")
+]
 AnswerTimeoutOpt = Annotated[
-    str, _opt("--connect-answer-timeout", env="CONNECT_ANSWER_TIMEOUT", help="How long to wait for the CONNECT answer.")
+    str,
+    _opt(
+        "--connect-answer-timeout",
+        env="CONNECT_ANSWER_TIMEOUT",
+        help="How long to wait for the CONNECT answer.",
+    ),
 ]
-IdleTimeoutOpt = Annotated[str, _opt("--idle-timeout", env="IDLE_TIMEOUT", help="Close a tunnel after this long without traffic.")]
-KeepaliveTimeOpt = Annotated[str, _opt("--tcp-keepalive-time", env="TCP_KEEPALIVE_TIME", help="Gateway TCP keepalive idle time.")]
+IdleTimeoutOpt = Annotated[
+    str, _opt("--idle-timeout", env="IDLE_TIMEOUT", help="Close a tunnel after this long without traffic.")
+]
+KeepaliveTimeOpt = Annotated[
+    str, _opt("--tcp-keepalive-time", env="TCP_KEEPALIVE_TIME", help="Gateway TCP keepalive idle time.")
+]
 KeepaliveIntervalOpt = Annotated[
-    str, _opt("--tcp-keepalive-interval", env="TCP_KEEPALIVE_INTERVAL", help="Gateway TCP keepalive probe interval.")
+    str,
+    _opt(
+        "--tcp-keepalive-interval", env="TCP_KEEPALIVE_INTERVAL", help="Gateway TCP keepalive probe interval."
+    ),
 ]
-BufferSizeOpt = Annotated[str, _opt("--buffer-size", env="BUFFER_SIZE", help="Write buffer per direction and tunnel.")]
+BufferSizeOpt = Annotated[
+    str, _opt("--buffer-size", env="BUFFER_SIZE", help="Write buffer per direction and tunnel.")
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -168,9 +246,12 @@ def register(app: typer.Typer) -> None:
     def run(
         upstream: UpstreamOpt = None,
         listen: Annotated[
-            str | None, _opt("--listen", env="LISTEN", help="Where to accept, HOST:PORT [default: <ip-address>:443].")
+            str | None,
+            _opt("--listen", env="LISTEN", help="Where to accept, HOST:PORT [default: <ip-address>:443]."),
         ] = None,
-        ip_address: Annotated[str | None, _opt("--ip-address", env="IP_ADDRESS", help="The virtual IP (VIP).")] = None,
+        ip_address: Annotated[
+            str | None, _opt("--ip-address", env="IP_ADDRESS", help="The virtual IP (VIP).")
+        ] = None,
         connect_authority: ConnectAuthorityOpt = None,
         destination: DestinationOpt = None,
         destination_header: DestinationHeaderOpt = None,
@@ -184,18 +265,83 @@ def register(app: typer.Typer) -> None:
         tcp_keepalive_interval: KeepaliveIntervalOpt = "55s",
         buffer_size: BufferSizeOpt = "32KiB",
         max_connections: Annotated[
-            str, _opt("--max-connections", env="MAX_CONNECTIONS", help="Concurrent tunnels; more are closed at once.")
+            str,
+            _opt(
+                "--max-connections",
+                env="MAX_CONNECTIONS",
+                help="Concurrent tunnels; more are closed at once.",
+            ),
         ] = "10000",
         drain_timeout: Annotated[
-            str, _opt("--drain-timeout", env="DRAIN_TIMEOUT", help="On SIGTERM, wait this long for open tunnels.")
+            str,
+            _opt("--drain-timeout", env="DRAIN_TIMEOUT", help="On SIGTERM, wait this long for open tunnels."),
         ] = "20s",
-        verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")] = 0,
-        log_format: Annotated[str, _opt("--log-format", env="LOG_FORMAT", help="Application log format: text or json.")] = "text",
+        interface: Annotated[
+            str,
+            _opt(
+                "--interface",
+                env="INTERFACE",
+                help="Interface the VIP is kept on (created as a dummy link if missing).",
+            ),
+        ] = "lo",
+        sync_interval: Annotated[
+            str,
+            _opt(
+                "--sync-interval",
+                env="SYNC_INTERVAL",
+                help="Periodic VIP check; netlink events repair at once.",
+            ),
+        ] = "1m",
+        manage_vip: Annotated[
+            bool | None,
+            _opt(
+                "--manage-vip/--no-manage-vip",
+                env="MANAGE_VIP",
+                help="Keep --ip-address on --interface [default: on with --ip-address].",
+            ),
+        ] = None,
+        cleanup: Annotated[
+            bool,
+            _opt(
+                "--cleanup", env="CLEANUP", help="On exit, remove the VIP (and a link this process created)."
+            ),
+        ] = False,
+        setup_iptables: Annotated[
+            bool,
+            _opt("--setup-iptables", env="SETUP_IPTABLES", help="Keep NOTRACK/ACCEPT rules for VIP:port."),
+        ] = False,
+        metrics_address: Annotated[
+            list[str] | None,
+            _opt(
+                "--metrics-address",
+                env="METRICS_ADDRESS",
+                help="Where /metrics and /ready are served; repeatable; 'off' for none [default: 0.0.0.0:16910 and [::]:16910].",
+            ),
+        ] = None,
+        envoy_compatible_metrics: Annotated[
+            bool,
+            _opt(
+                "--envoy-compatible-metrics/--no-envoy-compatible-metrics",
+                env="ENVOY_COMPATIBLE_METRICS",
+                help="Also serve the Envoy metric names Gardener's dashboards use.",
+            ),
+        ] = True,
+        access_log: Annotated[
+            bool,
+            _opt(
+                "--access-log/--no-access-log", env="ACCESS_LOG", help="One line per closed tunnel on stdout."
+            ),
+        ] = True,
+        verbose: Annotated[
+            int, typer.Option("-v", "--verbose", count=True, help="More logs (-v: a line per tunnel).")
+        ] = 0,
+        log_format: Annotated[
+            str, _opt("--log-format", env="LOG_FORMAT", help="Application log format: text or json.")
+        ] = "text",
     ) -> int:
         """Serve the node proxy: accept on the VIP and tunnel each connection to the seed gateway."""
         from .. import logs
-        from ..runtime import run_loop, serve
-        from ..server import ProxyServer
+        from ..runtime import run_proxy
 
         tunnel = TunnelOptions(
             upstream, connect_authority, destination, destination_header, upstream_protocol, dns_family, dns_refresh,
@@ -203,10 +349,21 @@ def register(app: typer.Typer) -> None:
             buffer_size,
         ).build()  # fmt: skip
         listener, vip = build_listener(listen, ip_address, max_connections)
+        vip_config = None
+        if manage_vip or (manage_vip is None and vip is not None):
+            if vip is None:
+                raise ConfigError("--manage-vip", True, "--ip-address too (the VIP to manage)")
+            vip_config = build_vip(
+                vip, interface, sync_interval, cleanup, setup_iptables, listener.listen.port
+            )
+            # Bind before the reconciler has added the address (IP_FREEBIND): no start-up ordering race.
+            listener = replace(listener, freebind=True)
+        monitoring = build_monitoring(metrics_address, envoy_compatible_metrics, access_log)
         drain = parse_duration("--drain-timeout", drain_timeout, allow_zero=True)
         if log_format not in ("text", "json"):
             raise ConfigError("--log-format", log_format, "text or json")
-        config = ProxyConfig(listener=listener, tunnel=tunnel, vip=vip)
+        config = ProxyConfig(
+            listener=listener, tunnel=tunnel, vip=vip_config, monitoring=monitoring, drain_timeout=drain
+        )
         logs.setup(verbose, log_format)
-        server = ProxyServer(config.listener, config.tunnel)
-        return run_loop(lambda: serve(server, drain))
+        return run_proxy(config)

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # What a pod's client verifies (`kubernetes.default.svc`), plus the shoot's API host a developer uses.
-DEFAULT_NAMES = ("kubernetes.default.svc", "kubernetes.default", "kubernetes", "api.bar.foo.internal.example.com", "localhost")
+DEFAULT_NAMES = (
+    "kubernetes.default.svc",
+    "kubernetes.default",
+    "kubernetes",
+    "api.bar.foo.internal.example.com",
+    "localhost",
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,11 @@ def make_certificates(directory: Path, names: tuple[str, ...] = DEFAULT_NAMES) -
     directory.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="apiproxy lab CA")
     server = ca.issue_cert(*names, "127.0.0.1", "::1")
-    ca_file, cert_file, key_file = directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
+    ca_file, cert_file, key_file = (
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server-key.pem",
+    )
     ca.cert_pem.write_to_path(str(ca_file))
     server.private_key_pem.write_to_path(str(key_file))
     with cert_file.open("wb") as out:

