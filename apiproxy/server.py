@@ -88,15 +88,18 @@ class ProxyServer:
     ) -> None:
         self.listener_config = listener
         self.tunnel_config = tunnel
-        self.observer: TunnelObserver = observer or NullObserver()
+        # Exists before start(), so services started earlier (monitoring) can hook into it.
+        self.context = TunnelContext(tunnel, listener.max_connections, observer or NullObserver())
         self._server: asyncio.Server | None = None
-        self._context: TunnelContext | None = None
         self.address: tuple[Any, ...] | None = None
 
     @property
-    def context(self) -> TunnelContext:
-        assert self._context is not None, "ProxyServer.start() first"
-        return self._context
+    def observer(self) -> TunnelObserver:
+        return self.context.observer
+
+    @observer.setter
+    def observer(self, observer: TunnelObserver) -> None:
+        self.context.observer = observer
 
     @property
     def bound(self) -> bool:
@@ -153,8 +156,7 @@ class ProxyServer:
 
     def stop_accepting(self) -> None:
         """Close the listener; open tunnels go on. New connections meanwhile are refused as draining."""
-        if self._context is not None:
-            self._context.draining = True
+        self.context.draining = True
         if self._server is not None:
             self._server.close()
 
