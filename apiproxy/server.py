@@ -111,11 +111,9 @@ class ProxyServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._context = TunnelContext(
-            self.tunnel_config, self.listener_config.max_connections, self.observer, loop
-        )
+        context = self.context
+        context.loop = loop
         sock = await self._listening_socket()
-        context = self._context
         self._server = await loop.create_server(
             lambda: Tunnel(context), sock=sock, backlog=self.listener_config.backlog
         )
