@@ -44,17 +44,11 @@ class NullObserver:
 class TunnelContext:
     """What every tunnel of one listener shares."""
 
-    def __init__(
-        self,
-        config: TunnelConfig,
-        max_connections: int,
-        observer: TunnelObserver,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    def __init__(self, config: TunnelConfig, max_connections: int, observer: TunnelObserver) -> None:
         self.config = config
         self.max_connections = max_connections
         self.observer = observer
-        self.loop = loop
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set when the server starts
         self.resolver = Resolver(config.upstream, config.dns_family, config.dns_refresh)
         self.dialer = Dialer(config, self.resolver)
         self.proxy_protocol = config.upstream_protocol is UpstreamProtocol.PROXY_PROTOCOL_V2
