@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -123,7 +124,8 @@ class EnvoyProcess:
     """An Envoy started from a config dict, ended by its PID. Usable as a context manager."""
 
     def __init__(self, config: dict[str, Any], admin_port: int, *, concurrency: int = 1, log_level: str = "warning",
-                 workdir: Path | None = None, extra_args: list[str] | None = None) -> None:  # fmt: skip
+                 workdir: Path | None = None, extra_args: list[str] | None = None,
+                 command_prefix: list[str] | None = None) -> None:  # fmt: skip
         self.config = config
         self.admin_port = admin_port
         self.concurrency = concurrency
@@ -131,6 +133,9 @@ class EnvoyProcess:
         self._tmp = tempfile.TemporaryDirectory(prefix="apiproxy-envoy-") if workdir is None else None
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
         self.extra_args = extra_args or []
+        # e.g. ["ip", "netns", "exec", NS]: Envoy runs in another network namespace (it execs, so the PID
+        # stays Envoy's); the admin port is then reached from inside that namespace too.
+        self.command_prefix = command_prefix or []
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "envoy.log"
 
@@ -142,7 +147,7 @@ class EnvoyProcess:
     def start(self, timeout: float = 30.0) -> EnvoyProcess:
         config_path = self.workdir / "envoy.json"
         config_path.write_text(json.dumps(self.config, indent=1))
-        args = [envoy_binary(), "-c", str(config_path), "--concurrency", str(self.concurrency),
+        args = [*self.command_prefix, envoy_binary(), "-c", str(config_path), "--concurrency", str(self.concurrency),
                 "--use-dynamic-base-id", "-l", self.log_level, *self.extra_args]  # fmt: skip
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -153,18 +158,25 @@ class EnvoyProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"envoy exited with {self.process.returncode}: {self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as answer:
-                    if answer.status == 200:
-                        return self
-            except OSError:
+                self.admin("/ready", timeout=1)  # raises for anything but 2xx
+                return self
+            except (OSError, subprocess.TimeoutExpired):
                 pass
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"envoy did not become ready within {timeout:g}s: {self.log_tail()}")
 
-    def admin(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as answer:
-            return str(answer.read().decode())
+    def admin(self, path: str, timeout: float = 5) -> str:
+        url = f"http://127.0.0.1:{self.admin_port}{path}"
+        if self.command_prefix:
+            fetch = "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())"
+            answer = subprocess.run([*self.command_prefix, sys.executable, "-c", fetch, url, str(timeout)],
+                                    capture_output=True, text=True, timeout=timeout + 10, check=False)  # fmt: skip
+            if answer.returncode != 0:
+                raise OSError(f"envoy admin {path}: {answer.stderr.strip()[-300:]}")
+            return answer.stdout
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return str(response.read().decode())
 
     def stats(self, prefix: str = "") -> dict[str, int]:
         figures: dict[str, int] = {}
