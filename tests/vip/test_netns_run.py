@@ -97,6 +97,7 @@ def test_a_tls_client_on_the_node_reaches_the_api_server_through_the_vip(topolog
 class AddressMonitor:
     """`ip -ts monitor address` in the node namespace: timestamps of the VIP's deletions and additions."""
 
+    MARKER = "10.201.0.1"
     LINE = re.compile(
         r"^\[(?P<ts>[^\]]+)\] (?P<deleted>Deleted )?\d+: (?P<link>\S+)\s+inet (?P<address>[^/ ]+)/"
     )
@@ -105,14 +106,23 @@ class AddressMonitor:
         self.process = subprocess.Popen(["ip", "-n", namespace.name, "-ts", "monitor", "address"],
                                         stdout=subprocess.PIPE, text=True)  # fmt: skip
         self.events: list[tuple[datetime, bool, str]] = []
+        self.seen_marker = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        time.sleep(0.2)  # `ip monitor` subscribes as it starts
+        # `ip monitor` subscribes some time after it starts: wait until it reports a marker address.
+        deadline = time.monotonic() + 10
+        while not self.seen_marker.is_set() and time.monotonic() < deadline:
+            namespace.ip("addr", "add", f"{self.MARKER}/32", "dev", "lo")
+            namespace.ip("addr", "del", f"{self.MARKER}/32", "dev", "lo")
+            self.seen_marker.wait(0.05)
+        assert self.seen_marker.is_set(), "ip monitor reported nothing"
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             match = self.LINE.match(line)
+            if match and match["address"] == self.MARKER:
+                self.seen_marker.set()
             if match and match["address"] == VIP:
                 self.events.append(
                     (datetime.fromisoformat(match["ts"]), bool(match["deleted"]), match["link"])

@@ -40,9 +40,9 @@ def one_shot(namespace: Namespace, *flags: str) -> subprocess.CompletedProcess[s
 
 
 class Daemon:
-    def __init__(self, namespace: Namespace, *flags: str) -> None:
+    def __init__(self, namespace: Namespace, *flags: str, vip: str = VIP) -> None:
         self.process = subprocess.Popen(
-            [*namespace.exec_prefix(), SIDECAR, "--ip-address", VIP, "--interface", LINK, *flags],
+            [*namespace.exec_prefix(), SIDECAR, "--ip-address", vip, "--interface", LINK, *flags],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.lines: list[str] = []
@@ -108,18 +108,21 @@ def test_one_shot_cleanup_removes_the_address_and_keeps_a_link_it_did_not_create
     assert node.link(LINK) is not None
 
 
-def test_daemon_repairs_on_events_and_exits_0_on_sigterm(node: Namespace, daemons: list[Daemon]) -> None:
-    daemon = Daemon(node, "--sync-interval=1h", "-v=2", "--logtostderr=true")
+@pytest.mark.parametrize("vip", [VIP, VIP6])
+def test_daemon_repairs_on_events_and_exits_0_on_sigterm(
+    node: Namespace, daemons: list[Daemon], vip: str
+) -> None:
+    daemon = Daemon(node, "--sync-interval=1h", "-v=2", "--logtostderr=true", vip=vip)
     daemons.append(daemon)
-    assert node.links_with(VIP) == [LINK]
-    node.ip("addr", "del", f"{VIP}/32", "dev", LINK)
+    assert node.links_with(vip) == [LINK]
+    node.ip("addr", "del", f"{vip}/{32 if '.' in vip else 128}", "dev", LINK)
     deadline = time.monotonic() + 0.5
-    while node.links_with(VIP) != [LINK] and time.monotonic() < deadline:
+    while node.links_with(vip) != [LINK] and time.monotonic() < deadline:
         time.sleep(0.002)
-    assert node.links_with(VIP) == [LINK]  # the hourly pass cannot have done it: a netlink event did
+    assert node.links_with(vip) == [LINK]  # the hourly pass cannot have done it: a netlink event did
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.wait() == 0
-    assert node.links_with(VIP) == [LINK]  # no --cleanup: the address stays
+    assert node.links_with(vip) == [LINK]  # no --cleanup: the address stays
 
 
 def test_daemon_cleanup_on_sigint(node: Namespace, daemons: list[Daemon]) -> None:
