@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -70,7 +71,13 @@ class PyrouteNetlink:
     """`Netlink` over pyroute2's sync `IPRoute`, optionally inside a named network namespace (tests)."""
 
     def __init__(self, netns: str | None = None) -> None:
+        # Importing pyroute2 resets the `pyroute2` logger to NOTSET (pyroute2/config/log.py), undoing the
+        # level the application chose: keep that level.
+        logger = logging.getLogger("pyroute2")
+        level = logger.level
         from pyroute2 import IPRoute
+
+        logger.setLevel(level)
 
         # groups=0: a request socket; kernel events are read by `watch`, not queued here.
         self._ipr: Any = IPRoute(groups=0, netns=netns) if netns else IPRoute(groups=0)

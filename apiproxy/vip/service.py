@@ -84,7 +84,8 @@ class VIPService:
             self.failed_passes += 1
             log.error("VIP %s on %s (%s pass) failed: %s", address, interface, trigger, report.error)
             return False
-        log.debug("VIP %s on %s (%s pass): in place", address, interface, trigger)
+        if not report.changes:
+            log.debug("VIP %s on %s (%s pass): in place", address, interface, trigger)
         return True
 
     async def _keep(self, ok: bool) -> None:

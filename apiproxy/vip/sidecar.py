@@ -134,8 +134,6 @@ def setup_logging(flags: Flags) -> None:
         raise FlagError(
             f'invalid argument "{flags.values["v"]}" for "-v, --v" flag: strconv.ParseInt: invalid syntax'
         ) from None
-    import pyroute2.config.log  # noqa: F401  (it resets the `pyroute2` logger's level when imported)
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KlogFormatter(headers=not flags.switches["skip_headers"]))
     root = logging.getLogger()
