@@ -31,7 +31,10 @@ pytestmark = [pytest.mark.netns, pytest.mark.envoy]
 
 VIP = "240.168.102.23"
 LINK = "apiserver-proxy"
-REPAIR_BOUND = 0.5  # seconds; "well under a second" (measured: milliseconds)
+# Seconds. Kernel-timestamped repairs must stay well under a second (measured: a few milliseconds); waits
+# that poll with `ip` subprocesses get a full second, as CI shares two cores.
+REPAIR_BOUND = 0.5
+POLL_BOUND = 1.0
 
 
 class Topology:
@@ -176,7 +179,7 @@ def test_deleted_link_is_repaired_and_the_client_gets_through(topology: Topology
     topology.node.ip("link", "del", LINK)
     if reason is None:
         # The proxy re-creates the link as a dummy link and puts the VIP back.
-        repaired = topology.wait_for_vip(timeout=REPAIR_BOUND)
+        repaired = topology.wait_for_vip(timeout=POLL_BOUND)
         link = topology.node.link(LINK)
         assert link is not None and link["linkinfo"]["info_kind"] == "dummy"  # type: ignore[index]
     else:
@@ -184,7 +187,7 @@ def test_deleted_link_is_repaired_and_the_client_gets_through(topology: Topology
         # a node's tooling would, as a bridge, and the VIP must be back on it at once.
         print(f"link deletion: {reason}; re-creating the link as a bridge in the test")
         topology.node.ip("link", "add", LINK, "type", "bridge")
-        repaired = topology.wait_for_vip(timeout=REPAIR_BOUND)
+        repaired = topology.wait_for_vip(timeout=POLL_BOUND)
     print(f"VIP back {repaired * 1000:.1f}ms after the link was (re-)created")
     answer = topology.request()
     assert answer.returncode == 0, answer.stderr
@@ -192,7 +195,7 @@ def test_deleted_link_is_repaired_and_the_client_gets_through(topology: Topology
 
 def test_link_set_down_is_set_up_again(topology: Topology) -> None:
     topology.node.ip("link", "set", LINK, "down")
-    deadline = time.monotonic() + REPAIR_BOUND
+    deadline = time.monotonic() + POLL_BOUND
     while "UP" not in (topology.node.link(LINK) or {}).get("flags", []) and time.monotonic() < deadline:  # type: ignore[operator]
         time.sleep(0.002)
     assert "UP" in topology.node.link(LINK)["flags"]  # type: ignore[index,operator]
