@@ -173,3 +173,19 @@ def test_setup_iptables_rules_present_notrack_effective_and_removed_on_cleanup(
     assert daemon.wait() == 0
     assert not any(_rule_present(node, rule) for rule in rules), node.exec("iptables-save").stdout
     assert node.links_with(VIP) == []
+
+
+@pytest.mark.parametrize(
+    ("used", "unused"), [("iptables-legacy", "iptables-nft"), ("iptables-nft", "iptables-legacy")]
+)
+def test_setup_iptables_writes_to_the_backend_the_node_uses(node: Namespace, used: str, unused: str) -> None:
+    # The node's existing rules live in one backend: the sidecar's must go there too.
+    node.exec(used, "-w", "5", "-A", "FORWARD", "-j", "ACCEPT")
+    node.exec(used, "-w", "5", "-A", "FORWARD", "-j", "ACCEPT")
+    done = one_shot(node, "--setup-iptables")
+    assert done.returncode == 0, done.stderr
+    rule = ["-t", "raw", "-C", "PREROUTING", "-p", "tcp", "-d", VIP, "--dport", "443", "-j", "NOTRACK"]
+    assert node.exec(used, "-w", "5", *rule, check=False).returncode == 0
+    assert node.exec(unused, "-w", "5", *rule, check=False).returncode != 0
+    assert one_shot(node, "--setup-iptables", "--cleanup").returncode == 0
+    assert node.exec(used, "-w", "5", *rule, check=False).returncode != 0
