@@ -58,7 +58,7 @@ _IDLE_TICKS = 4
 class UpstreamSide(asyncio.Protocol):
     """The gateway connection of a tunnel."""
 
-    __slots__ = ("eof", "handshake", "lost", "peer_write", "rx_bytes", "transport", "tunnel")
+    __slots__ = ("eof", "handshake", "head_bytes", "lost", "peer_write", "rx_bytes", "transport", "tunnel")
 
     def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
@@ -67,6 +67,9 @@ class UpstreamSide(asyncio.Protocol):
         # Set when the relay starts: the client transport's write.
         self.peer_write: Callable[[bytes], None] | None = None
         self.rx_bytes = 0
+        # Bytes of the gateway's answer head (all it sent, if it refused): Envoy's upstream byte counters
+        # include them.
+        self.head_bytes = 0
         self.eof = False
         self.lost = False
 
@@ -84,6 +87,7 @@ class UpstreamSide(asyncio.Protocol):
             self.rx_bytes += len(data)
             peer_write(data)
         else:
+            self.head_bytes += len(data)
             self.tunnel.answer_received(data)
 
     def eof_received(self) -> bool:
@@ -313,6 +317,7 @@ class Tunnel(asyncio.Protocol):
         upstream.peer_write = client.write
         self.peer_write = gateway.write
         if tunnel_data:  # bytes the gateway sent right behind its answer belong to the client
+            upstream.head_bytes -= len(tunnel_data)
             upstream.rx_bytes += len(tunnel_data)
             client.write(tunnel_data)
         if self.pending is not None:
