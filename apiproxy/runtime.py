@@ -12,7 +12,7 @@ import logging
 import os
 import resource
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import uvloop
@@ -21,6 +21,9 @@ from .config import ProxyConfig
 from .server import ProxyServer
 
 log = logging.getLogger(__name__)
+
+# Called once the listener is bound, before waiting for a signal; an exception it raises ends the run.
+OnServing = Callable[[ProxyServer], Awaitable[None]]
 
 
 class Service(Protocol):
@@ -70,7 +73,12 @@ class Shutdown:
         self.requested.set()
 
 
-async def serve(server: ProxyServer, drain_timeout: float, services: list[Service] | None = None) -> int:
+async def serve(
+    server: ProxyServer,
+    drain_timeout: float,
+    services: list[Service] | None = None,
+    on_serving: OnServing | None = None,
+) -> int:
     """Serve until a signal, then drain. Returns the exit status."""
     loop = asyncio.get_running_loop()
     shutdown = Shutdown(loop)
@@ -84,6 +92,9 @@ async def serve(server: ProxyServer, drain_timeout: float, services: list[Servic
             started.append(service)
         await server.start()
         shutdown.on_request.append(server.stop_accepting)
+        if on_serving is not None:
+            # Once bound: `apiproxy tunnel` probes the gateway here, then says it is ready (or raises).
+            await on_serving(server)
         await shutdown.requested.wait()
         aborted = await server.drain(drain_timeout)
         log.info("drained; %d tunnels were cut at the deadline", aborted)
@@ -96,15 +107,15 @@ async def serve(server: ProxyServer, drain_timeout: float, services: list[Servic
     return 0
 
 
-def run_proxy(config: ProxyConfig) -> int:
+def run_proxy(config: ProxyConfig, on_serving: OnServing | None = None) -> int:
     """The whole node proxy for `config`: listener, VIP reconciler and monitoring. Returns the exit status.
 
     Shared by `apiproxy run`, `apiproxy tunnel` and the `apiproxy-envoy` front end.
     """
-    return run_loop(lambda: _main(config))
+    return run_loop(lambda: _main(config, on_serving))
 
 
-async def _main(config: ProxyConfig) -> int:
+async def _main(config: ProxyConfig, on_serving: OnServing | None = None) -> int:
     server = ProxyServer(config.listener, config.tunnel)
     services: list[Service] = []
     vip_service = None
@@ -121,4 +132,4 @@ async def _main(config: ProxyConfig) -> int:
         services.append(vip_service)
         if config.monitoring is not None:
             monitoring.attach_vip(vip_service)
-    return await serve(server, config.drain_timeout, services)
+    return await serve(server, config.drain_timeout, services, on_serving)
