@@ -29,10 +29,11 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from . import demo, run
+    from . import demo, run, tunnel
 
     run.register(app)
     demo.register(app)
+    tunnel.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
