@@ -1,0 +1,175 @@
+"""The access log: one line per closed tunnel, written from an Envoy format string, sans-I/O.
+
+`compile_format` turns a format such as Gardener's
+  [%START_TIME%] %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% rx %BYTES_SENT% tx %DURATION%ms ...
+into a function of a `TunnelRecord`. It knows Envoy's commands that make sense for a TCP tunnel
+(`%COMMAND%`, `%COMMAND(arg)%`, `%COMMAND:N%` truncates to N characters, `%%` is a percent sign); an unknown
+command is refused at start, as Envoy refuses it. A missing value prints `-`, as in Envoy.
+
+RESPONSE_CODE is the gateway's answer to the CONNECT (200, 301, 503), 0 when it gave none. (Envoy's
+tcp_proxy prints 0 here even for a tunnel the gateway accepted; the CONNECT status is what an operator
+reading the log needs.) RESPONSE_FLAGS are Envoy's short flags for the same failures (UF,URX: no usable
+gateway connection; UH: no gateway address; UT: no CONNECT answer in time; UC: the gateway hung up).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelRecord:
+    """What the access log knows of one closed tunnel."""
+
+    start_time: float  # wall clock, seconds since the epoch
+    duration: float  # seconds
+    response_code: int
+    reason: str
+    bytes_received: int  # from the client
+    bytes_sent: int  # to the client
+    downstream_remote: Address | None
+    downstream_local: Address | None
+    upstream_host: Address | None
+    upstream_cluster: str
+
+
+# Reason of a tunnel's end -> Envoy's RESPONSE_FLAGS. Reasons not listed print "-".
+RESPONSE_FLAGS = {
+    "gateway_rejected": "UF,URX",
+    "connect_refused": "UF,URX",
+    "connect_timeout": "UF,URX",
+    "connect_error": "UF,URX",
+    "closed_before_answer": "UF,URX",
+    "malformed_answer": "UF,URX",
+    "answer_too_large": "UF,URX",
+    "dns_failure": "UH",
+    "answer_timeout": "UT",
+    "upstream_closed": "UC",
+    "upstream_reset": "UC",
+}
+
+DEFAULT_START_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%3fZ"
+
+
+class FormatError(ValueError):
+    """The format string uses something Envoy's TCP access log does not have. `str()` says what."""
+
+
+def _address(value: Address | None) -> str:
+    if value is None:
+        return "-"
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _host(value: Address | None) -> str:
+    return "-" if value is None else value[0]
+
+
+def _port(value: Address | None) -> str:
+    return "-" if value is None else str(value[1])
+
+
+_FRACTION = re.compile(r"%([1-9]?)f")
+
+
+def _start_time(pattern: str) -> Callable[[TunnelRecord], str]:
+    """Envoy's START_TIME: strftime in UTC, plus %f / %Nf (fractional seconds, N digits) and %s."""
+
+    def render(record: TunnelRecord) -> str:
+        seconds = int(record.start_time)
+        nanos = round((record.start_time - seconds) * 1e9)
+        if nanos >= 1_000_000_000:
+            seconds, nanos = seconds + 1, nanos - 1_000_000_000
+        text = _FRACTION.sub(lambda m: f"{nanos:09d}"[: int(m.group(1) or 9)], pattern)
+        text = text.replace("%s", str(seconds))
+        return time.strftime(text, time.gmtime(seconds))
+
+    return render
+
+
+def _simple(field: Callable[[TunnelRecord], str]) -> Callable[[str | None], Callable[[TunnelRecord], str]]:
+    def build(argument: str | None) -> Callable[[TunnelRecord], str]:
+        if argument is not None:
+            raise FormatError("takes no argument")
+        return field
+
+    return build
+
+
+_HOSTNAME = socket.gethostname()
+
+_COMMANDS: dict[str, Callable[[str | None], Callable[[TunnelRecord], str]]] = {
+    "START_TIME": lambda argument: _start_time(argument or DEFAULT_START_TIME_FORMAT),
+    "RESPONSE_CODE": _simple(lambda r: str(r.response_code)),
+    "RESPONSE_FLAGS": _simple(lambda r: RESPONSE_FLAGS.get(r.reason, "-")),
+    "CONNECTION_TERMINATION_DETAILS": _simple(lambda r: r.reason),
+    "BYTES_RECEIVED": _simple(lambda r: str(r.bytes_received)),
+    "BYTES_SENT": _simple(lambda r: str(r.bytes_sent)),
+    "DURATION": _simple(lambda r: str(int(r.duration * 1000))),
+    "DOWNSTREAM_REMOTE_ADDRESS": _simple(lambda r: _address(r.downstream_remote)),
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _simple(lambda r: _host(r.downstream_remote)),
+    "DOWNSTREAM_REMOTE_PORT": _simple(lambda r: _port(r.downstream_remote)),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _simple(lambda r: _address(r.downstream_remote)),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": _simple(lambda r: _host(r.downstream_remote)),
+    "DOWNSTREAM_LOCAL_ADDRESS": _simple(lambda r: _address(r.downstream_local)),
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _simple(lambda r: _host(r.downstream_local)),
+    "DOWNSTREAM_LOCAL_PORT": _simple(lambda r: _port(r.downstream_local)),
+    "UPSTREAM_HOST": _simple(lambda r: _address(r.upstream_host)),
+    "UPSTREAM_REMOTE_ADDRESS": _simple(lambda r: _address(r.upstream_host)),
+    "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _simple(lambda r: _host(r.upstream_host)),
+    "UPSTREAM_CLUSTER": _simple(lambda r: r.upstream_cluster),
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": _simple(lambda r: "-"),
+    "PROTOCOL": _simple(lambda r: "-"),
+    "HOSTNAME": _simple(lambda r: _HOSTNAME),
+}
+
+# %COMMAND%, %COMMAND(argument)%, either with :N (truncate); or %% (a percent sign).
+_TOKEN = re.compile(r"%%|%([A-Z_]+)(?:\(([^)]*)\))?(?::(\d+))?%")
+
+
+def compile_format(fmt: str) -> Callable[[TunnelRecord], str]:
+    """A function writing one access-log line per record. Raises FormatError for what it cannot write."""
+    parts: list[str | Callable[[TunnelRecord], str]] = []
+    position = 0
+    for match in _TOKEN.finditer(fmt):
+        literal = fmt[position : match.start()]
+        if "%" in literal:
+            raise FormatError(f"unterminated or malformed command at {literal[literal.index('%') :]!r}")
+        parts.append(literal)
+        position = match.end()
+        if match.group(0) == "%%":
+            parts.append("%")
+            continue
+        command, argument, limit = match.group(1), match.group(2), match.group(3)
+        build = _COMMANDS.get(command)
+        if build is None:
+            raise FormatError(f"unknown or unsupported command %{command}%")
+        try:
+            field = build(argument)
+        except FormatError as error:
+            raise FormatError(f"%{command}% {error}") from None
+        if limit is not None:
+            parts.append(_truncated(field, int(limit)))
+        else:
+            parts.append(field)
+    tail = fmt[position:]
+    if "%" in tail:
+        raise FormatError(f"unterminated or malformed command at {tail[tail.index('%') :]!r}")
+    parts.append(tail)
+    fields = [p for p in parts if p != ""]
+
+    def render(record: TunnelRecord) -> str:
+        return "".join(p if isinstance(p, str) else p(record) for p in fields)
+
+    return render
+
+
+def _truncated(field: Callable[[TunnelRecord], str], limit: int) -> Callable[[TunnelRecord], str]:
+    return lambda record: field(record)[:limit]
