@@ -33,12 +33,15 @@ class LabCertificates:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
 
-def make_certificates(directory: Path, names: tuple[str, ...] = DEFAULT_NAMES) -> LabCertificates:
+def make_certificates(
+    directory: Path, names: tuple[str, ...] = DEFAULT_NAMES, addresses: tuple[str, ...] = ("127.0.0.1", "::1")
+) -> LabCertificates:
+    """`addresses=()`: a certificate a client verifies only by name, never by the loopback address it dials."""
     import trustme
 
     directory.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="apiproxy lab CA")
-    server = ca.issue_cert(*names, "127.0.0.1", "::1")
+    server = ca.issue_cert(*names, *addresses)
     ca_file, cert_file, key_file = (
         directory / "ca.pem",
         directory / "server.pem",

@@ -58,7 +58,8 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     directory = tmp_path_factory.mktemp("tunnel-lab")
-    certificates = make_certificates(directory / "certs")
+    # For the shoot's API host only, not 127.0.0.1: kubectl dialling the tunnel verifies by tls-server-name.
+    certificates = make_certificates(directory / "certs", names=(API_HOST,), addresses=())
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="kube-api-stub", daemon=True)
     thread.start()
