@@ -325,3 +325,21 @@ def test_shoot_namespace_gives_a_destination_the_gateway_allows(istio: bool) -> 
     value = shoot_destination("shoot--foo--bar", istio)
     assert value == (SOCKET_DESTINATION if istio else DESTINATION)
     assert re.fullmatch(DESTINATION_PATTERN.strip("^$"), value)
+
+
+@pytest.mark.envoy
+def test_a_busy_listen_port_exits_2_naming_the_flag(lab: Lab) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "apiproxy", *tunnel_args(lab, "--shoot-namespace", SHOOT_NAMESPACE, listen_port=port)],
+            capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert (
+        f"--listen: expected an address this host can listen on (Address already in use), got '127.0.0.1:{port}'"
+        in done.stderr
+    )
+    assert "Traceback" not in done.stderr

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,11 @@ def test_read_and_same_file(tmp_path: Path) -> None:
     assert not same_file(source, tmp_path / "out.yaml")
     with pytest.raises(KubeconfigError, match=r"cannot read .*nope\.yaml: No such file or directory"):
         read_kubeconfig(tmp_path / "nope.yaml")
+
+
+def test_yaml_without_pyyaml_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The test environment has PyYAML; None in sys.modules makes its import fail as on a bare install.
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    with pytest.raises(KubeconfigError, match=r"^in\.yaml: reading a YAML kubeconfig needs PyYAML"):
+        parse_kubeconfig(GARDENER_STYLE, "in.yaml")
+    assert parse_kubeconfig('{"current-context": "x"}') == {"current-context": "x"}
