@@ -110,7 +110,7 @@ class MonitoringEndpoint:
         for server in self._servers:
             thread = threading.Thread(
                 target=server.serve_forever,
-                kwargs={"poll_interval": 0.5},
+                kwargs={"poll_interval": 0.2},
                 name=f"apiproxy-monitoring-{server.server_address[0]!s}",
                 daemon=True,
             )
