@@ -65,7 +65,11 @@ class Monitoring:
             try:
                 self._format_line = compile_format(monitoring.access_log_format)
             except FormatError as error:
-                raise ConfigError("access log format", monitoring.access_log_format, str(error)) from None
+                raise ConfigError(
+                    "access log format",
+                    monitoring.access_log_format,
+                    f"an Envoy access-log format with TCP commands only ({error})",
+                ) from None
             self.access_log = LineWriter(sys.stdout)
         self.observer = MonitoringObserver(
             server.context,
@@ -86,7 +90,9 @@ class Monitoring:
     def attach_vip(self, vip: VIPService) -> None:
         self.vip = vip
         vip.on_repair = self.observer.vip_repaired
-        self.native.watch_vip(lambda: 1.0 if vip.present else 0.0)
+        self.native.watch_vip(
+            lambda: 1.0 if vip.present else 0.0, lambda: vip.passes, lambda: vip.failed_passes
+        )
 
     # --- read by the endpoint's threads ---------------------------------------------------------------
 

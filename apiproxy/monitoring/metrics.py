@@ -6,9 +6,11 @@ read by the scrape thread (prometheus-client is thread-safe).
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .. import __version__
 
@@ -96,8 +98,29 @@ class NativeMetrics:
         self.tunnels_active.set_function(active)
         self.ready.set_function(ready)
 
-    def watch_vip(self, present: Callable[[], float]) -> None:
+    def watch_vip(
+        self, present: Callable[[], float], passes: Callable[[], int], failures: Callable[[], int]
+    ) -> None:
         self.vip_present = Gauge(
             "apiproxy_vip_present", "1 if the managed VIP is on its interface.", registry=self.registry
         )
         self.vip_present.set_function(present)
+        self.registry.register(_VIPPasses(passes, failures))
+
+
+class _VIPPasses(Collector):
+    """The VIP reconciler's own pass counts, read at scrape time."""
+
+    def __init__(self, passes: Callable[[], int], failures: Callable[[], int]) -> None:
+        self.passes = passes
+        self.failures = failures
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "apiproxy_vip_sync_passes",
+            "Passes of the VIP reconciler (initial, event, periodic).",
+            value=self.passes(),
+        )
+        yield CounterMetricFamily(
+            "apiproxy_vip_sync_failures", "Passes of the VIP reconciler that failed.", value=self.failures()
+        )

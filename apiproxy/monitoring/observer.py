@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from prometheus_client import Counter
+
 from ..tunnel import Tunnel
 from .access_log import TunnelRecord
 from .envoy_stats import EnvoyStats
@@ -48,6 +50,7 @@ class MonitoringObserver:
         self.local_address = local_address
         # Bytes already published of tunnels still open: tunnel -> (rx, tx).
         self._published: dict[Tunnel, tuple[int, int]] = {}
+        self._closed_by_reason: dict[str, Counter] = {}
 
     # --- TunnelObserver -------------------------------------------------------------------------------
 
@@ -67,7 +70,11 @@ class MonitoringObserver:
         self._publish_bytes(rx - published_rx, tx - published_tx)
         reason = tunnel.reason or COMPLETED
         native = self.native
-        native.tunnels_closed.labels("success" if reason == COMPLETED else "failure", reason).inc()
+        closed = self._closed_by_reason.get(reason)
+        if closed is None:
+            closed = native.tunnels_closed.labels("success" if reason == COMPLETED else "failure", reason)
+            self._closed_by_reason[reason] = closed
+        closed.inc()
         duration = tunnel.ended_at - tunnel.started_at
         native.tunnel_duration.observe(duration)
         envoy = self.envoy

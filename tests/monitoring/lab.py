@@ -51,22 +51,26 @@ def echo_and_gateway(**gateway: object) -> Iterator[tuple[EchoThread, GatewayCon
         echo.stop()
 
 
-def proxy_args(listen_port: int, gateway_port: int, metrics_port: int, *extra: str) -> list[str]:
+def proxy_args(listen_port: int, gateway_port: int, metrics_port: int | None, *extra: str) -> list[str]:
+    metrics = ["--metrics-address", f"127.0.0.1:{metrics_port}"] if metrics_port is not None else []
     return [
         "run",
         "--listen", f"127.0.0.1:{listen_port}",
         "--upstream", f"127.0.0.1:{gateway_port}",
         "--destination", DESTINATION,
-        "--metrics-address", f"127.0.0.1:{metrics_port}",
+        *metrics,
         *extra,
     ]  # fmt: skip
 
 
 @contextmanager
-def apiproxy(gateway_port: int, *extra: str) -> Iterator[tuple[ApiproxyProcess, int, int]]:
+def apiproxy(
+    gateway_port: int, *extra: str, metrics_address: bool = True
+) -> Iterator[tuple[ApiproxyProcess, int, int]]:
     """A running `apiproxy run` in front of the gateway: (process, listen port, metrics port)."""
     listen_port, metrics_port = free_port(), free_port()
-    process = ApiproxyProcess(proxy_args(listen_port, gateway_port, metrics_port, *extra))
+    args = proxy_args(listen_port, gateway_port, metrics_port if metrics_address else None, *extra)
+    process = ApiproxyProcess(args)
     try:
         process.start()
         yield process, listen_port, metrics_port

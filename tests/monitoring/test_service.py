@@ -26,6 +26,8 @@ class StandInVIP:
 
     def __init__(self) -> None:
         self.present = False
+        self.passes = 0
+        self.failed_passes = 0
         self.on_repair: Callable[[str], None] | None = None
 
 
@@ -83,6 +85,7 @@ async def _scenario(config: ProxyConfig, metrics_port: int) -> None:
         vip.present = True
         assert vip.on_repair is not None
         vip.on_repair("initial")
+        vip.passes, vip.failed_passes = 3, 1
         vip.on_repair("event")
         assert await _ready(metrics_port) == (200, "ready\n")
 
@@ -117,6 +120,8 @@ async def _scenario(config: ProxyConfig, metrics_port: int) -> None:
         assert after['apiproxy_tunnels_closed_total{outcome="success",reason="completed"}'] == 1
         assert after['apiproxy_vip_repairs_total{trigger="event"}'] == 1
         assert after["apiproxy_vip_present"] == 1
+        assert after["apiproxy_vip_sync_passes_total"] == 3
+        assert after["apiproxy_vip_sync_failures_total"] == 1
         assert after["apiproxy_dns_resolutions_total"] == 1
         assert after["apiproxy_dns_resolution_failures_total"] == 0
         assert after['envoy_cluster_update_attempt{envoy_cluster_name="kube_apiserver"}'] == 1
