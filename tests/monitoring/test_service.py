@@ -9,7 +9,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from apiproxy.config import DNSFamily, Endpoint, ListenerConfig, MonitoringConfig, ProxyConfig, TunnelConfig
+from apiproxy.config import (
+    ConfigError,
+    DNSFamily,
+    Endpoint,
+    ListenerConfig,
+    MonitoringConfig,
+    ProxyConfig,
+    TunnelConfig,
+)
 from apiproxy.handshake import build_connect_request
 from apiproxy.monitoring import Monitoring
 from apiproxy.server import ProxyServer
@@ -137,3 +145,14 @@ async def _scenario(config: ProxyConfig, metrics_port: int) -> None:
     # Stopped: nothing listens any more.
     with pytest.raises(urllib.error.URLError, match="Connection refused"):
         await asyncio.to_thread(get, metrics_port, "/ready", 1)
+
+
+def test_an_unwritable_access_log_format_is_a_config_error() -> None:
+    config = _config(9, free_port())
+    config = ProxyConfig(
+        listener=config.listener,
+        tunnel=config.tunnel,
+        monitoring=MonitoringConfig(access_log_format="[%START_TIME%] %REQ(:PATH)%\n"),
+    )
+    with pytest.raises(ConfigError, match=r"^access log format: expected an Envoy access-log format .*%REQ%"):
+        Monitoring(config, ProxyServer(config.listener, config.tunnel))

@@ -1,0 +1,52 @@
+"""The access log's writer thread: lines reach the stream in order, all of them at stop, and a stream
+that cannot keep up costs dropped lines, not memory."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+
+from apiproxy.monitoring.line_writer import LineWriter
+
+
+def test_lines_in_order_and_flushed_at_stop() -> None:
+    stream = io.StringIO()
+    writer = LineWriter(stream)
+    writer.start()
+    for n in range(1000):
+        writer.write(f"line {n}\n")
+    writer.stop()
+    assert stream.getvalue() == "".join(f"line {n}\n" for n in range(1000))
+
+
+def test_a_full_pipe_never_blocks_the_caller_and_the_queue_is_bounded() -> None:
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    writer = LineWriter(stream, max_queued=100)
+    writer.start()
+    big = "x" * (1 << 20) + "\n"  # more than the pipe holds: the thread blocks in write()
+    received: list[bytes] = []
+    try:
+        writer.write(big)
+        while writer._lines:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        started = time.monotonic()
+        for n in range(1000):
+            writer.write(f"{n}\n")
+        assert time.monotonic() - started < 0.5  # never waited for the pipe
+        assert writer.dropped == 900
+    finally:
+        reader = threading.Thread(
+            target=lambda: received.extend(iter(lambda: os.read(read_end, 1 << 16), b""))
+        )
+        reader.start()  # the log shipper reads again
+        writer.stop()
+        stream.close()
+        reader.join(10)
+        os.close(read_end)
+    lines = b"".join(received).decode().splitlines()
+    assert lines[0] == big.strip()
+    assert lines[1:] == [str(n) for n in range(100)]
