@@ -1,0 +1,957 @@
+"""Reads an Envoy v3 bootstrap (YAML or JSON text, as Gardener renders `envoy.yaml`) into a `ProxyConfig`.
+
+Sans-I/O. Every field of the messages the data path depends on (Bootstrap, Listener, FilterChain, TcpProxy,
+TunnelingConfig, Cluster, addresses) is classified: *used* (mapped onto apiproxy's configuration),
+*ignored* (no effect on the bytes: stats, metadata, load-balancing knobs of a one-endpoint cluster) or
+*refused* with a `BootstrapError` naming the config path (`static_resources.clusters[0].transport_socket:
+not supported (TLS to the gateway)`). A field Envoy does not know either is refused as Envoy refuses it,
+unless `allow_unknown_fields` (Envoy's `--allow-unknown-static-fields`). Field names may be snake_case or
+lowerCamelCase, as in Envoy's proto-JSON reading.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import (
+    ConfigError,
+    DNSFamily,
+    Endpoint,
+    ListenerConfig,
+    MonitoringConfig,
+    ProxyConfig,
+    TunnelConfig,
+    UpstreamProtocol,
+    is_hostname,
+    parse_authority,
+    parse_header_name,
+    parse_header_value,
+)
+
+USE = "use"
+IGNORE = "ignore"
+NOT_SUPPORTED = "not supported"
+
+# Envoy's own defaults where they differ from apiproxy's.
+ENVOY_BUFFER_LIMIT = 1024 * 1024  # per_connection_buffer_limit_bytes
+ENVOY_IDLE_TIMEOUT = 3600.0  # tcp_proxy idle_timeout
+# idle_timeout: 0s disables the timeout in Envoy; a year stands for "never" on a timer.
+NO_IDLE_TIMEOUT = 365 * 24 * 3600.0
+# Linux defaults, which Envoy leaves in place for a tcp_keepalive field it is not given.
+KERNEL_KEEPALIVE = {"keepalive_time": 7200, "keepalive_interval": 75, "keepalive_probes": 9}
+# No connection limit in the config: Envoy has none (it only warns); apiproxy's flag allows this many.
+UNLIMITED_CONNECTIONS = 1_000_000
+# Envoy's access log format when a logger has no log_format (HTTP-oriented; the formatter decides).
+ENVOY_DEFAULT_ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+    "%RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "
+    '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
+)
+
+_TYPE_PREFIX = "type.googleapis.com/"
+TCP_PROXY = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+HTTP_CONNECTION_MANAGER = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "envoy.extensions.filters.http.router.v3.Router"
+STDOUT_ACCESS_LOG = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+FILE_ACCESS_LOG = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+RAW_BUFFER = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+UPSTREAM_PROXY_PROTOCOL = (
+    "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport"
+)
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# The admin paths the metrics listener may route to, and the public path apiproxy serves each on.
+ADMIN_ROUTES = {"/stats/prometheus": "/metrics", "/ready": "/ready"}
+
+
+class BootstrapError(ValueError):
+    """The config cannot be run. `str()` is `<config path>: <why>`."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    config: ProxyConfig
+    # Config paths present in the file that have no effect in apiproxy (logged at start).
+    ignored: tuple[str, ...]
+    # What the admin interface was given ("pipe /path", "socket 127.0.0.1:9901"); apiproxy serves only the
+    # admin paths the metrics listener routes to, on the metrics listener.
+    admin: str | None
+
+
+def parse_document(text: str) -> dict[str, Any]:
+    """YAML or JSON (JSON is YAML) → the document. PyYAML is imported here, not by `apiproxy run`."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BootstrapError("", f"not valid YAML or JSON: {first_line}") from None
+    if not isinstance(document, dict):
+        raise BootstrapError("", f"expected an Envoy v3 Bootstrap object, got {type(document).__name__}")
+    return document
+
+
+def read_bootstrap(text: str, *, allow_unknown_fields: bool = False) -> Bootstrap:
+    return bootstrap_from_document(parse_document(text), allow_unknown_fields=allow_unknown_fields)
+
+
+def bootstrap_from_document(document: Mapping[str, Any], *, allow_unknown_fields: bool = False) -> Bootstrap:
+    return _Reader(allow_unknown_fields).bootstrap(document)
+
+
+# --- the messages -------------------------------------------------------------------------------------
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def _snake(name: str) -> str:
+    return _CAMEL.sub(r"_\1", name).lower() if not name.startswith("@") else name
+
+
+def _type_name(type_url: str) -> str:
+    return type_url.removeprefix(_TYPE_PREFIX)
+
+
+class _Message:
+    """One protobuf message of the document: its fields by snake_case name, and where it is."""
+
+    __slots__ = ("fields", "path", "reader")
+
+    def __init__(self, reader: _Reader, value: Any, path: str) -> None:
+        if not isinstance(value, Mapping):
+            raise BootstrapError(path, f"expected an object, got {_show(value)}")
+        # proto-JSON: null, like an absent field, leaves the field unset; so does an empty list.
+        self.fields = {_snake(str(k)): v for k, v in value.items() if v is not None and v != []}
+        self.path = path
+        self.reader = reader
+
+    def at(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def check(self, table: Mapping[str, str], *, refuse: bool = True) -> None:
+        """Apply the field table: note ignored fields, refuse what apiproxy cannot honour."""
+        for name in self.fields:
+            verdict = table.get(name)
+            if verdict is None:
+                if not self.reader.allow_unknown_fields:
+                    raise BootstrapError(self.at(name), "unknown field (Envoy refuses it too)")
+                verdict = IGNORE
+            if verdict == USE:
+                continue
+            if verdict == IGNORE or not refuse:
+                self.reader.ignored.append(self.at(name))
+            else:
+                raise BootstrapError(self.at(name), verdict)
+
+    def has(self, name: str) -> bool:
+        return name in self.fields
+
+    def message(self, name: str) -> _Message | None:
+        return _Message(self.reader, self.fields[name], self.at(name)) if name in self.fields else None
+
+    def require(self, name: str) -> _Message:
+        found = self.message(name)
+        if found is None:
+            raise BootstrapError(self.at(name), "required")
+        return found
+
+    def messages(self, name: str) -> Iterator[_Message]:
+        value = self.fields.get(name, [])
+        if not isinstance(value, list):
+            raise BootstrapError(self.at(name), f"expected a list, got {_show(value)}")
+        for index, item in enumerate(value):
+            yield _Message(self.reader, item, f"{self.at(name)}[{index}]")
+
+    def string(self, name: str, default: str = "") -> str:
+        value = self.fields.get(name, default)
+        if not isinstance(value, str):
+            raise BootstrapError(self.at(name), f"expected a string, got {_show(value)}")
+        return value
+
+    def boolean(self, name: str, default: bool = False) -> bool:
+        value = self.fields.get(name, default)
+        if isinstance(value, Mapping):  # google.protobuf.BoolValue written as {value: true}
+            value = value.get("value", False)
+        if not isinstance(value, bool):
+            raise BootstrapError(self.at(name), f"expected true or false, got {_show(value)}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**32 - 1) -> int:
+        value = self.fields.get(name, default)
+        if isinstance(value, Mapping):  # google.protobuf.UInt32Value written as {value: N}
+            value = value.get("value", 0)
+        if isinstance(value, str) and value.isdigit():  # proto-JSON allows integers as strings
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise BootstrapError(
+                self.at(name), f"expected an integer between {minimum} and {maximum}, got {_show(value)}"
+            )
+        return value
+
+    def duration(self, name: str) -> float | None:
+        """A google.protobuf.Duration in proto-JSON: decimal seconds with an `s` suffix (`5s`, `0.25s`)."""
+        if name not in self.fields:
+            return None
+        value = self.fields[name]
+        match = re.fullmatch(r"(\d+)(\.\d{1,9})?s", value) if isinstance(value, str) else None
+        if match is None:
+            raise BootstrapError(
+                self.at(name), f"expected a duration in seconds such as 5s or 0.25s, got {_show(value)}"
+            )
+        return float(value[:-1])
+
+    def enum(self, name: str, values: tuple[str, ...]) -> str:
+        """An enum by name or number; the first value is the proto default."""
+        value = self.fields.get(name, values[0])
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(values):
+            return values[value]
+        if value not in values:
+            raise BootstrapError(self.at(name), f"expected one of {', '.join(values)}, got {_show(value)}")
+        return str(value)
+
+    def type_name(self) -> str:
+        return _type_name(self.string("@type"))
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- field tables ----------------------------------------------------------------------------------------
+
+BOOTSTRAP_FIELDS = {
+    "node": IGNORE, "static_resources": USE, "dynamic_resources": "not supported (xDS)",
+    "cluster_manager": IGNORE, "hds_config": NOT_SUPPORTED, "flags_path": IGNORE, "stats_sinks": IGNORE,
+    "deferred_stat_options": IGNORE, "stats_config": IGNORE, "stats_flush_interval": IGNORE,
+    "stats_flush_on_admin": IGNORE, "watchdog": IGNORE, "watchdogs": IGNORE, "tracing": IGNORE,
+    "layered_runtime": USE, "admin": USE, "overload_manager": NOT_SUPPORTED, "enable_dispatcher_stats": IGNORE,
+    "header_prefix": IGNORE, "stats_server_version_override": IGNORE, "use_tcp_for_dns_lookups": IGNORE,
+    "dns_resolution_config": "not supported (apiproxy uses the system resolver)",
+    "typed_dns_resolver_config": "not supported (apiproxy uses the system resolver)",
+    "bootstrap_extensions": NOT_SUPPORTED, "fatal_actions": IGNORE, "config_sources": IGNORE,
+    "default_config_source": IGNORE, "default_socket_interface": NOT_SUPPORTED,
+    "certificate_provider_instances": IGNORE, "inline_headers": IGNORE, "perf_tracing_file_path": IGNORE,
+    "default_regex_engine": IGNORE, "xds_delegate_extension": IGNORE, "xds_config_tracker_extension": IGNORE,
+    "listener_manager": IGNORE, "application_log_config": IGNORE, "grpc_async_client_manager_config": IGNORE,
+    "memory_allocator_manager": IGNORE,
+}  # fmt: skip
+STATIC_RESOURCES_FIELDS = {"listeners": USE, "clusters": USE, "secrets": IGNORE}
+ADMIN_FIELDS = {
+    "access_log": IGNORE, "access_log_path": IGNORE, "profile_path": IGNORE, "address": USE,
+    "socket_options": IGNORE, "ignore_global_conn_limit": IGNORE, "allow_paths": IGNORE,
+}  # fmt: skip
+LAYER_FIELDS = {
+    "name": IGNORE, "static_layer": USE, "admin_layer": IGNORE,
+    "disk_layer": "not supported (only static_layer runtime values are read)",
+    "rtds_layer": "not supported (only static_layer runtime values are read)",
+}  # fmt: skip
+LISTENER_FIELDS = {
+    "name": USE, "address": USE, "additional_addresses": USE, "stat_prefix": IGNORE, "filter_chains": USE,
+    "fcds_config": NOT_SUPPORTED, "filter_chain_matcher": NOT_SUPPORTED, "use_original_dst": USE,
+    "default_filter_chain": NOT_SUPPORTED, "per_connection_buffer_limit_bytes": USE, "metadata": IGNORE,
+    "deprecated_v1": NOT_SUPPORTED, "drain_type": IGNORE, "listener_filters": NOT_SUPPORTED,
+    "listener_filters_timeout": IGNORE, "continue_on_listener_filters_timeout": IGNORE, "transparent": USE,
+    "freebind": USE, "socket_options": NOT_SUPPORTED, "tcp_fast_open_queue_length": IGNORE,
+    "traffic_direction": IGNORE, "udp_listener_config": NOT_SUPPORTED, "api_listener": NOT_SUPPORTED,
+    "connection_balance_config": IGNORE, "reuse_port": IGNORE, "enable_reuse_port": IGNORE,
+    "access_log": "not supported (use the tcp_proxy's access_log)", "tcp_backlog_size": USE,
+    "max_connections_to_accept_per_socket_event": IGNORE, "bind_to_port": USE,
+    "internal_listener": NOT_SUPPORTED, "enable_mptcp": NOT_SUPPORTED, "ignore_global_conn_limit": USE,
+    "bypass_overload_manager": IGNORE,
+}  # fmt: skip
+FILTER_CHAIN_FIELDS = {
+    "filter_chain_match": USE, "filters": USE, "use_proxy_proto": NOT_SUPPORTED, "metadata": IGNORE,
+    "transport_socket": "not supported (TLS is passed through, never terminated)",
+    "transport_socket_connect_timeout": IGNORE, "name": IGNORE, "on_demand_configuration": NOT_SUPPORTED,
+}  # fmt: skip
+FILTER_FIELDS = {"name": USE, "typed_config": USE, "config_discovery": NOT_SUPPORTED}
+ADDRESS_FIELDS = {"socket_address": USE, "pipe": USE, "envoy_internal_address": NOT_SUPPORTED}
+SOCKET_ADDRESS_FIELDS = {
+    "protocol": USE, "address": USE, "port_value": USE, "named_port": NOT_SUPPORTED,
+    "resolver_name": NOT_SUPPORTED, "ipv4_compat": USE, "network_namespace_filepath": NOT_SUPPORTED,
+}  # fmt: skip
+TCP_PROXY_FIELDS = {
+    "@type": USE, "stat_prefix": USE, "cluster": USE, "weighted_clusters": NOT_SUPPORTED,
+    "on_demand": NOT_SUPPORTED, "metadata_match": IGNORE, "idle_timeout": USE,
+    "downstream_idle_timeout": IGNORE, "upstream_idle_timeout": IGNORE, "access_log": USE,
+    "max_connect_attempts": IGNORE, "backoff_options": IGNORE, "hash_policy": IGNORE, "tunneling_config": USE,
+    "max_downstream_connection_duration": NOT_SUPPORTED,
+    "max_downstream_connection_duration_jitter_percentage": IGNORE, "access_log_flush_interval": IGNORE,
+    "flush_access_log_on_connected": IGNORE, "access_log_options": IGNORE, "proxy_protocol_tlvs": NOT_SUPPORTED,
+}  # fmt: skip
+TUNNELING_FIELDS = {
+    "hostname": USE, "use_post": USE, "headers_to_add": USE, "propagate_response_headers": IGNORE,
+    "post_path": "not supported (CONNECT only)", "propagate_response_trailers": IGNORE,
+    "request_id_extension": NOT_SUPPORTED,
+}  # fmt: skip
+HEADER_OPTION_FIELDS = {"header": USE, "append": IGNORE, "append_action": IGNORE, "keep_empty_value": IGNORE}
+HEADER_FIELDS = {"key": USE, "value": USE, "raw_value": NOT_SUPPORTED}
+ACCESS_LOG_FIELDS = {"name": USE, "filter": "not supported (every tunnel is logged)", "typed_config": USE}
+LOG_FORMAT_FIELDS = {
+    "text_format": USE, "text_format_source": USE, "json_format": "not supported (text formats only)",
+    "omit_empty_values": NOT_SUPPORTED, "content_type": IGNORE, "formatters": NOT_SUPPORTED,
+    "json_format_options": IGNORE,
+}  # fmt: skip
+CLUSTER_FIELDS = {
+    "name": USE, "alt_stat_name": IGNORE, "type": USE, "cluster_type": NOT_SUPPORTED,
+    "eds_cluster_config": NOT_SUPPORTED, "connect_timeout": USE, "per_connection_buffer_limit_bytes": USE,
+    "lb_policy": IGNORE, "load_assignment": USE, "health_checks": "not supported (no active health checks)",
+    "max_requests_per_connection": IGNORE, "circuit_breakers": USE, "upstream_http_protocol_options": IGNORE,
+    "common_http_protocol_options": IGNORE, "http_protocol_options": IGNORE,
+    "http2_protocol_options": "not supported (HTTP/2 tunnelling; apiproxy speaks HTTP/1.1 CONNECT)",
+    "typed_extension_protocol_options": USE, "dns_refresh_rate": USE, "dns_jitter": IGNORE,
+    "dns_failure_refresh_rate": IGNORE, "respect_dns_ttl": IGNORE, "dns_lookup_family": USE,
+    "dns_resolvers": "not supported (apiproxy uses the system resolver)", "use_tcp_for_dns_lookups": IGNORE,
+    "dns_resolution_config": "not supported (apiproxy uses the system resolver)",
+    "typed_dns_resolver_config": "not supported (apiproxy uses the system resolver)",
+    "wait_for_warm_on_init": IGNORE, "outlier_detection": IGNORE, "cleanup_interval": IGNORE,
+    "upstream_bind_config": NOT_SUPPORTED, "lb_subset_config": IGNORE, "ring_hash_lb_config": IGNORE,
+    "maglev_lb_config": IGNORE, "original_dst_lb_config": NOT_SUPPORTED, "least_request_lb_config": IGNORE,
+    "round_robin_lb_config": IGNORE, "common_lb_config": IGNORE, "transport_socket": USE, "metadata": IGNORE,
+    "protocol_selection": IGNORE, "upstream_connection_options": USE,
+    "close_connections_on_host_health_failure": IGNORE, "ignore_health_on_host_removal": IGNORE,
+    "filters": NOT_SUPPORTED, "load_balancing_policy": IGNORE, "lrs_server": IGNORE,
+    "lrs_report_endpoint_metrics": IGNORE, "track_timeout_budgets": IGNORE, "upstream_config": NOT_SUPPORTED,
+    "track_cluster_stats": IGNORE, "preconnect_policy": IGNORE,
+    "connection_pool_per_downstream_connection": IGNORE, "transport_socket_matches": NOT_SUPPORTED,
+}  # fmt: skip
+UPSTREAM_OPTIONS_FIELDS = {
+    "tcp_keepalive": USE, "set_local_interface_name_on_upstream_connections": IGNORE, "happy_eyeballs_config": IGNORE,
+}  # fmt: skip
+KEEPALIVE_FIELDS = {"keepalive_probes": USE, "keepalive_time": USE, "keepalive_interval": USE}
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")
+DNS_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
+# Envoy's AUTO prefers IPv6 and V4_PREFERRED IPv4, falling back to the other; ALL uses both. apiproxy's
+# resolver tries every address it is given, in the resolver's order.
+DNS_FAMILY = {"V4_ONLY": DNSFamily.V4, "V6_ONLY": DNSFamily.V6}
+
+
+# --- the reader ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _TunnelListener:
+    message: _Message
+    name: str
+    listen: Endpoint
+    tcp_proxy: _Message
+
+
+class _Reader:
+    def __init__(self, allow_unknown_fields: bool) -> None:
+        self.allow_unknown_fields = allow_unknown_fields
+        self.ignored: list[str] = []
+
+    def bootstrap(self, document: Mapping[str, Any]) -> Bootstrap:
+        root = _Message(self, document, "")
+        root.check(BOOTSTRAP_FIELDS)
+        runtime = self.runtime(root.message("layered_runtime"))
+        admin_address, admin_text = self.admin(root.message("admin"))
+        resources = root.message("static_resources") or _Message(self, {}, "static_resources")
+        resources.check(STATIC_RESOURCES_FIELDS)
+        clusters = {}
+        for cluster in resources.messages("clusters"):
+            name = cluster.string("name")
+            if not name:
+                raise BootstrapError(cluster.at("name"), "required")
+            if name in clusters:
+                raise BootstrapError(cluster.at("name"), f"duplicate cluster name {name!r}")
+            clusters[name] = cluster
+
+        tunnels: list[_TunnelListener] = []
+        monitoring_addresses: list[Endpoint] = []
+        names: set[str] = set()
+        for listener in resources.messages("listeners"):
+            listener.check(LISTENER_FIELDS)
+            name = listener.string("name")
+            if name and name in names:
+                raise BootstrapError(listener.at("name"), f"duplicate listener name {name!r}")
+            names.add(name)
+            self.listener_switches(listener)
+            chain = self.single_filter_chain(listener)
+            filters = list(chain.messages("filters"))
+            if len(filters) != 1:
+                raise BootstrapError(
+                    chain.at("filters"),
+                    "expected exactly one network filter (tcp_proxy, or the metrics listener's http_connection_manager)",
+                )
+            filter_ = filters[0]
+            filter_.check(FILTER_FIELDS)
+            typed = filter_.require("typed_config")
+            kind = typed.type_name()
+            if kind == TCP_PROXY:
+                if listener.has("additional_addresses"):
+                    raise BootstrapError(
+                        listener.at("additional_addresses"),
+                        "not supported on the tcp_proxy listener (one address)",
+                    )
+                tunnels.append(_TunnelListener(listener, name, self.listener_address(listener), typed))
+            elif kind == HTTP_CONNECTION_MANAGER:
+                self.metrics_routes(typed, clusters, admin_address)
+                monitoring_addresses.append(self.listener_address(listener))
+                for index, extra in enumerate(listener.messages("additional_addresses")):
+                    extra.check({"address": USE, "socket_options": NOT_SUPPORTED})
+                    monitoring_addresses.append(
+                        self.socket_address(extra.require("address"), f"additional_addresses[{index}]")
+                    )
+            else:
+                raise BootstrapError(
+                    typed.at("@type"),
+                    f"network filter {kind or filter_.string('name')!r}: not supported (only tcp_proxy, and http_connection_manager routing /metrics and /ready to the admin)",
+                )
+
+        if not tunnels:
+            raise BootstrapError(
+                "static_resources.listeners",
+                "no listener with a tcp_proxy filter: nothing for apiproxy to serve",
+            )
+        if len(tunnels) > 1:
+            raise BootstrapError(
+                tunnels[1].message.path, "a second tcp_proxy listener: not supported (apiproxy serves one)"
+            )
+        tunnel_listener = tunnels[0]
+        config, tunnel_cluster = self.proxy_config(tunnel_listener, clusters, runtime, monitoring_addresses)
+        for name, cluster in clusters.items():
+            if name != tunnel_cluster:
+                self.other_cluster(cluster)
+        return Bootstrap(config, tuple(self.ignored), admin_text)
+
+    # -- runtime, admin -------------------------------------------------------------------------------
+
+    def runtime(self, layered: _Message | None) -> dict[str, object]:
+        values: dict[str, object] = {}
+        if layered is None:
+            return values
+        layered.check({"layers": USE})
+        for layer in layered.messages("layers"):
+            layer.check(LAYER_FIELDS)
+            static = layer.fields.get("static_layer")
+            if static is not None:
+                if not isinstance(static, Mapping):
+                    raise BootstrapError(layer.at("static_layer"), f"expected an object, got {_show(static)}")
+                values.update(_flatten(static))  # later layers override earlier ones
+        return values
+
+    def admin(self, admin: _Message | None) -> tuple[Endpoint | str | None, str | None]:
+        if admin is None:
+            return None, None
+        admin.check(ADMIN_FIELDS)
+        address = admin.message("address")
+        if address is None:
+            return None, None
+        address.check(ADDRESS_FIELDS)
+        pipe = address.message("pipe")
+        if pipe is not None:
+            pipe.check({"path": USE, "mode": IGNORE})
+            path = pipe.string("path")
+            if not path:
+                raise BootstrapError(pipe.at("path"), "required")
+            return path, f"pipe {path}"
+        endpoint = self.socket_address(address, "address", allow_port_zero=True)
+        return endpoint, f"socket {endpoint}"
+
+    # -- listeners ------------------------------------------------------------------------------------
+
+    def listener_switches(self, listener: _Message) -> None:
+        """Boolean listener fields whose default is harmless and whose other value apiproxy cannot honour."""
+        for name, harmless in (("use_original_dst", False), ("transparent", False), ("bind_to_port", True)):
+            if listener.has(name) and listener.boolean(name) != harmless:
+                raise BootstrapError(listener.at(name), f"{str(not harmless).lower()}: not supported")
+
+    def single_filter_chain(self, listener: _Message) -> _Message:
+        chains = list(listener.messages("filter_chains"))
+        if len(chains) != 1:
+            raise BootstrapError(
+                listener.at("filter_chains"), f"expected exactly one filter chain, got {len(chains)}"
+            )
+        chain = chains[0]
+        chain.check(FILTER_CHAIN_FIELDS)
+        match = chain.fields.get("filter_chain_match")
+        if match:  # an empty match is no match criterion at all
+            raise BootstrapError(
+                chain.at("filter_chain_match"), "not supported (one filter chain for every connection)"
+            )
+        return chain
+
+    def listener_address(self, listener: _Message) -> Endpoint:
+        return self.socket_address(listener.require("address"), "address")
+
+    def socket_address(self, address: _Message, what: str, *, allow_port_zero: bool = False) -> Endpoint:
+        """An Address that must be a TCP socket address with an IP literal (Envoy listens on IPs only)."""
+        address.check(ADDRESS_FIELDS)
+        socket_address = address.message("socket_address")
+        if socket_address is None:
+            if address.has("pipe"):
+                raise BootstrapError(address.at("pipe"), "not supported (TCP addresses only)")
+            raise BootstrapError(address.at("socket_address"), "required")
+        socket_address.check(SOCKET_ADDRESS_FIELDS)
+        if socket_address.enum("protocol", ("TCP", "UDP")) != "TCP":
+            raise BootstrapError(socket_address.at("protocol"), "UDP: not supported")
+        if socket_address.boolean("ipv4_compat"):
+            raise BootstrapError(
+                socket_address.at("ipv4_compat"), "true: not supported (IPv6 sockets are IPv6-only)"
+            )
+        host = socket_address.string("address")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise BootstrapError(
+                socket_address.at("address"), f"expected an IP address, got {_show(host)}"
+            ) from None
+        port = socket_address.integer("port_value", 0, maximum=65535)
+        if port == 0 and not allow_port_zero:
+            raise BootstrapError(
+                socket_address.at("port_value"),
+                "0 (a port the kernel picks): not supported, expected 1-65535",
+            )
+        return Endpoint(str(ip), port)
+
+    # -- the metrics listener ---------------------------------------------------------------------------
+
+    def metrics_routes(
+        self, manager: _Message, clusters: Mapping[str, _Message], admin: Endpoint | str | None
+    ) -> None:
+        """The http_connection_manager may only expose the admin's /stats/prometheus and /ready."""
+        if manager.has("rds"):
+            raise BootstrapError(manager.at("rds"), "not supported (xDS)")
+        for http_filter in manager.messages("http_filters"):
+            typed = http_filter.message("typed_config")
+            kind = typed.type_name() if typed is not None else http_filter.string("name")
+            if kind not in (ROUTER, "envoy.filters.http.router"):
+                raise BootstrapError(http_filter.path, f"http filter {kind!r}: not supported (router only)")
+        for name in manager.fields:
+            if name not in ("@type", "route_config", "http_filters"):
+                self.ignored.append(manager.at(name))
+        route_config = manager.require("route_config")
+        for host in route_config.messages("virtual_hosts"):
+            for route in host.messages("routes"):
+                self.metrics_route(route, clusters, admin)
+
+    def metrics_route(
+        self, route: _Message, clusters: Mapping[str, _Message], admin: Endpoint | str | None
+    ) -> None:
+        match = route.require("match")
+        action = route.message("route")
+        if set(match.fields) - {"path", "case_sensitive"} or action is None:
+            raise BootstrapError(
+                route.path, "not supported (only `match: {path: ...}` routes to the admin cluster)"
+            )
+        public = match.string("path")
+        action.check(
+            {"cluster": USE, "prefix_rewrite": USE, "timeout": IGNORE, "idle_timeout": IGNORE}, refuse=False
+        )
+        admin_path = action.string("prefix_rewrite") or public
+        expected = ADMIN_ROUTES.get(admin_path)
+        if expected is None or expected != public:
+            raise BootstrapError(
+                route.path,
+                f"{public} → admin {admin_path}: not supported (apiproxy serves /metrics from /stats/prometheus and /ready)",
+            )
+        cluster_name = action.string("cluster")
+        cluster = clusters.get(cluster_name)
+        if cluster is None:
+            raise BootstrapError(action.at("cluster"), f"no cluster named {cluster_name!r}")
+        if admin is None or self.cluster_target(cluster) != admin:
+            raise BootstrapError(
+                action.at("cluster"),
+                f"cluster {cluster_name!r} does not point at the admin address: not supported",
+            )
+
+    def cluster_target(self, cluster: _Message) -> Endpoint | str | None:
+        """The one endpoint of a cluster: a pipe path or an address; None if not exactly one."""
+        endpoints = list(self.lb_endpoints(cluster))
+        if len(endpoints) != 1:
+            return None
+        address = endpoints[0].message("address")
+        if address is None:
+            return None
+        pipe = address.message("pipe")
+        if pipe is not None:
+            return pipe.string("path")
+        socket_address = address.message("socket_address")
+        if socket_address is None:
+            return None
+        return Endpoint(
+            socket_address.string("address"), socket_address.integer("port_value", 0, maximum=65535)
+        )
+
+    def lb_endpoints(self, cluster: _Message) -> Iterator[_Message]:
+        assignment = cluster.message("load_assignment")
+        if assignment is None:
+            return
+        for locality in assignment.messages("endpoints"):
+            for lb_endpoint in locality.messages("lb_endpoints"):
+                if lb_endpoint.has("endpoint_name"):
+                    raise BootstrapError(lb_endpoint.at("endpoint_name"), NOT_SUPPORTED)
+                yield lb_endpoint.require("endpoint")
+
+    # -- the tunnel -------------------------------------------------------------------------------------
+
+    def proxy_config(
+        self,
+        tunnel_listener: _TunnelListener,
+        clusters: Mapping[str, _Message],
+        runtime: Mapping[str, object],
+        monitoring_addresses: list[Endpoint],
+    ) -> tuple[ProxyConfig, str]:
+        listener, tcp_proxy = tunnel_listener.message, tunnel_listener.tcp_proxy
+        tcp_proxy.check(TCP_PROXY_FIELDS)
+        stat_prefix = tcp_proxy.string("stat_prefix")
+        if not stat_prefix:
+            raise BootstrapError(tcp_proxy.at("stat_prefix"), "required")
+        cluster_name = tcp_proxy.string("cluster")
+        if not cluster_name:
+            raise BootstrapError(tcp_proxy.at("cluster"), "required")
+        cluster = clusters.get(cluster_name)
+        if cluster is None:
+            raise BootstrapError(
+                tcp_proxy.at("cluster"),
+                f"no cluster named {cluster_name!r} in static_resources.clusters: not supported (Envoy would close every connection)",
+            )
+        cluster.check(CLUSTER_FIELDS)
+        upstream, dns_family, dns_refresh = self.cluster_endpoint(cluster)
+        proxy_protocol = self.upstream_transport(cluster)
+        self.upstream_http_protocol(cluster)
+
+        authority = ""
+        headers: tuple[tuple[str, str], ...] = ()
+        tunneling = tcp_proxy.message("tunneling_config")
+        if tunneling is not None:
+            if proxy_protocol:
+                raise BootstrapError(
+                    cluster.at("transport_socket"),
+                    "a PROXY protocol header before a CONNECT: not supported (CONNECT mode never sends PROXY)",
+                )
+            authority, headers = self.tunneling(tunneling)
+        elif not proxy_protocol:
+            raise BootstrapError(
+                tcp_proxy.at("tunneling_config"),
+                "required: apiproxy carries connections over HTTP CONNECT (or, with an upstream_proxy_protocol transport socket, PROXY v2), not plain TCP",
+            )
+
+        idle = tcp_proxy.duration("idle_timeout")
+        idle_timeout = ENVOY_IDLE_TIMEOUT if idle is None else (idle or NO_IDLE_TIMEOUT)
+        connect_timeout = cluster.duration("connect_timeout")
+        if connect_timeout == 0:
+            raise BootstrapError(cluster.at("connect_timeout"), "expected a duration greater than zero")
+        buffers = [
+            m.integer("per_connection_buffer_limit_bytes", 0, minimum=1024)
+            for m in (listener, cluster)
+            if m.has("per_connection_buffer_limit_bytes")
+        ]
+        keepalive = self.keepalive(cluster)
+        tunnel = TunnelConfig(
+            upstream=upstream,
+            connect_authority=authority,
+            connect_headers=headers,
+            upstream_protocol=UpstreamProtocol.PROXY_PROTOCOL_V2
+            if proxy_protocol
+            else UpstreamProtocol.CONNECT,
+            dns_family=dns_family,
+            dns_refresh=dns_refresh,
+            connect_timeout=5.0 if connect_timeout is None else connect_timeout,
+            idle_timeout=idle_timeout,
+            tcp_keepalive_time=float(keepalive["keepalive_time"]),
+            tcp_keepalive_interval=float(keepalive["keepalive_interval"]),
+            tcp_keepalive_probes=keepalive["keepalive_probes"],
+            buffer_size=min(buffers) if buffers else ENVOY_BUFFER_LIMIT,
+        )
+        listener_config = ListenerConfig(
+            listen=tunnel_listener.listen,
+            max_connections=self.connection_limit(tunnel_listener, cluster, runtime),
+            freebind=listener.boolean("freebind"),
+            backlog=listener.integer("tcp_backlog_size", 4096, minimum=1, maximum=65535),
+        )
+        access_log = self.access_log(tcp_proxy)
+        monitoring = None
+        if monitoring_addresses or access_log is not None:
+            monitoring = MonitoringConfig(
+                addresses=tuple(dict.fromkeys(monitoring_addresses)),
+                access_log_format=access_log,
+                envoy_cluster_name=cluster_name,
+                envoy_stat_prefix=stat_prefix,
+            )
+        proxy = ProxyConfig(listener=listener_config, tunnel=tunnel, vip=None, monitoring=monitoring)
+        return proxy, cluster_name
+
+    def cluster_endpoint(self, cluster: _Message) -> tuple[Endpoint, DNSFamily, float]:
+        kind = cluster.enum("type", CLUSTER_TYPES)
+        if kind not in ("STATIC", "STRICT_DNS", "LOGICAL_DNS"):
+            raise BootstrapError(
+                cluster.at("type"), f"{kind}: not supported (STATIC, STRICT_DNS or LOGICAL_DNS)"
+            )
+        endpoints = list(self.lb_endpoints(cluster))
+        if len(endpoints) != 1:
+            raise BootstrapError(
+                cluster.at("load_assignment"),
+                f"expected exactly one endpoint (the seed gateway), got {len(endpoints)}",
+            )
+        endpoint = endpoints[0]
+        address = endpoint.require("address")
+        address.check(ADDRESS_FIELDS)
+        if address.has("pipe"):
+            raise BootstrapError(address.at("pipe"), "not supported (the gateway is reached over TCP)")
+        socket_address = address.require("socket_address")
+        socket_address.check(SOCKET_ADDRESS_FIELDS)
+        if socket_address.enum("protocol", ("TCP", "UDP")) != "TCP":
+            raise BootstrapError(socket_address.at("protocol"), "UDP: not supported")
+        host = socket_address.string("address")
+        port = socket_address.integer("port_value", 0, minimum=1, maximum=65535)
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            if kind == "STATIC":
+                raise BootstrapError(
+                    socket_address.at("address"), f"a STATIC cluster needs an IP address, got {_show(host)}"
+                ) from None
+            if not is_hostname(host):
+                raise BootstrapError(
+                    socket_address.at("address"), f"expected a DNS name or an IP address, got {_show(host)}"
+                ) from None
+        family = DNS_FAMILY.get(cluster.enum("dns_lookup_family", DNS_FAMILIES), DNSFamily.AUTO)
+        refresh = cluster.duration("dns_refresh_rate")
+        if refresh is not None and refresh < 0.001:
+            raise BootstrapError(cluster.at("dns_refresh_rate"), "expected at least 1ms")
+        return Endpoint(host, port), family, 5.0 if refresh is None else refresh
+
+    def upstream_transport(self, cluster: _Message) -> bool:
+        """True for an upstream_proxy_protocol (v2) transport socket over plain TCP; refuses TLS and others."""
+        socket_ = cluster.message("transport_socket")
+        if socket_ is None:
+            return False
+        return self.transport_socket(socket_, outer=True)
+
+    def transport_socket(self, socket_: _Message, *, outer: bool) -> bool:
+        socket_.check({"name": USE, "typed_config": USE})
+        typed = socket_.message("typed_config")
+        kind = typed.type_name() if typed is not None else socket_.string("name")
+        if kind in (RAW_BUFFER, "envoy.transport_sockets.raw_buffer"):
+            return False
+        if kind == UPSTREAM_PROXY_PROTOCOL and outer and typed is not None:
+            typed.check(
+                {
+                    "@type": USE,
+                    "config": USE,
+                    "transport_socket": USE,
+                    "allow_unspecified_address": IGNORE,
+                    "tlv_as_pool_key": IGNORE,
+                }
+            )
+            config = typed.message("config")
+            if config is not None:
+                config.check(
+                    {"version": USE, "pass_through_tlvs": NOT_SUPPORTED, "added_tlvs": NOT_SUPPORTED}
+                )
+                if config.enum("version", ("V1", "V2")) != "V2":
+                    raise BootstrapError(config.at("version"), "V1: not supported (PROXY protocol v2 only)")
+            else:
+                raise BootstrapError(
+                    typed.at("config"), "V1 (the default): not supported (PROXY protocol v2 only)"
+                )
+            inner = typed.message("transport_socket")
+            if inner is not None and self.transport_socket(inner, outer=False):
+                raise BootstrapError(inner.path, NOT_SUPPORTED)
+            return True
+        what = "TLS to the gateway" if "tls" in kind.lower() else kind
+        raise BootstrapError(socket_.path, f"not supported ({what})")
+
+    def upstream_http_protocol(self, cluster: _Message) -> None:
+        """HTTP/2 to the gateway (explicit, or chosen by ALPN/downstream) would change the tunnel protocol."""
+        options = cluster.fields.get("typed_extension_protocol_options")
+        if not options:
+            return
+        if not isinstance(options, Mapping):
+            raise BootstrapError(cluster.at("typed_extension_protocol_options"), "expected an object")
+        for name, value in options.items():
+            where = f"{cluster.at('typed_extension_protocol_options')}.{name}"
+            typed = _Message(self, value, where)
+            if typed.type_name() != HTTP_PROTOCOL_OPTIONS:
+                raise BootstrapError(where, NOT_SUPPORTED)
+            explicit = typed.message("explicit_http_config")
+            if (
+                typed.has("auto_config")
+                or typed.has("use_downstream_protocol_config")
+                or (explicit is not None and not explicit.has("http_protocol_options"))
+            ):
+                raise BootstrapError(
+                    where, "not supported (HTTP/2 or HTTP/3 tunnelling; apiproxy speaks HTTP/1.1 CONNECT)"
+                )
+            self.ignored.append(where)
+
+    def keepalive(self, cluster: _Message) -> dict[str, int]:
+        # Envoy sets no keepalive without tcp_keepalive; apiproxy always does (with the kernel's values).
+        values = dict(KERNEL_KEEPALIVE)
+        options = cluster.message("upstream_connection_options")
+        if options is None:
+            return values
+        options.check(UPSTREAM_OPTIONS_FIELDS)
+        keepalive = options.message("tcp_keepalive")
+        if keepalive is None:
+            return values
+        keepalive.check(KEEPALIVE_FIELDS)
+        for name in ("keepalive_time", "keepalive_interval"):
+            if keepalive.has(name):
+                values[name] = keepalive.integer(name, 0, minimum=1, maximum=32767)
+        if keepalive.has("keepalive_probes"):
+            values["keepalive_probes"] = keepalive.integer("keepalive_probes", 0, minimum=1, maximum=127)
+        return values
+
+    def tunneling(self, tunneling: _Message) -> tuple[str, tuple[tuple[str, str], ...]]:
+        tunneling.check(TUNNELING_FIELDS)
+        if tunneling.boolean("use_post"):
+            raise BootstrapError(tunneling.at("use_post"), "true: not supported (CONNECT only)")
+        hostname = tunneling.string("hostname")
+        if not hostname:
+            raise BootstrapError(tunneling.at("hostname"), "required")
+        if "%" in hostname:
+            raise BootstrapError(
+                tunneling.at("hostname"),
+                "command operators (%...%): not supported, expected a fixed HOST:PORT",
+            )
+        try:
+            authority = parse_authority(tunneling.at("hostname"), hostname)
+        except ConfigError as error:
+            raise BootstrapError(error.option, f"expected HOST:PORT, got {_show(hostname)}") from None
+        headers: list[tuple[str, str]] = []
+        for option in tunneling.messages("headers_to_add"):
+            option.check(HEADER_OPTION_FIELDS)
+            header = option.require("header")
+            header.check(HEADER_FIELDS)
+            name, value = header.string("key"), header.string("value")
+            try:
+                parse_header_name(header.at("key"), name)
+                parse_header_value(header.at("value"), value)
+            except ConfigError as error:
+                raise BootstrapError(error.option, error.expected + f", got {_show(error.value)}") from None
+            if name.lower() == "host":
+                raise BootstrapError(header.at("key"), "host cannot be overridden (Envoy refuses it too)")
+            if "%" in value:
+                raise BootstrapError(
+                    header.at("value"), "command operators (%...%): not supported, expected a fixed value"
+                )
+            headers.append((name, value))
+        if len({name.lower() for name, _ in headers}) != len(headers):
+            raise BootstrapError(tunneling.at("headers_to_add"), "the same header twice: not supported")
+        return authority, tuple(headers)
+
+    def connection_limit(
+        self, tunnel_listener: _TunnelListener, cluster: _Message, runtime: Mapping[str, object]
+    ) -> int:
+        """The smallest of Envoy's limits that apply: the listener's, the global one, the cluster's."""
+        listener = tunnel_listener.message
+        limits: list[int] = []
+        keys = [f"envoy.resource_limits.listener.{tunnel_listener.name}.connection_limit"]
+        if not listener.boolean("ignore_global_conn_limit"):
+            keys.append("overload.global_downstream_max_connections")
+        for key in keys:
+            if key in runtime:
+                limits.append(_runtime_integer(key, runtime[key]))
+        breakers = cluster.message("circuit_breakers")
+        if breakers is not None:
+            for threshold in breakers.messages("thresholds"):
+                if threshold.enum("priority", ("DEFAULT", "HIGH")) == "DEFAULT" and threshold.has(
+                    "max_connections"
+                ):
+                    limits.append(threshold.integer("max_connections", 0, minimum=1))
+        # Without circuit_breakers Envoy caps a cluster at 1,024 connections; apiproxy does not copy that
+        # accident (Gardener sets none), the listener limits above decide.
+        return min(min(limits, default=UNLIMITED_CONNECTIONS), UNLIMITED_CONNECTIONS)
+
+    def access_log(self, tcp_proxy: _Message) -> str | None:
+        loggers = list(tcp_proxy.messages("access_log"))
+        if not loggers:
+            return None
+        if len(loggers) > 1:
+            raise BootstrapError(loggers[1].path, "a second access log: not supported")
+        logger = loggers[0]
+        logger.check(ACCESS_LOG_FIELDS)
+        typed = logger.require("typed_config")
+        kind = typed.type_name()
+        if kind == STDOUT_ACCESS_LOG:
+            typed.check({"@type": USE, "log_format": USE})
+        elif kind == FILE_ACCESS_LOG:
+            typed.check(
+                {
+                    "@type": USE,
+                    "path": USE,
+                    "log_format": USE,
+                    "format": USE,
+                    "json_format": "not supported (text formats only)",
+                    "typed_json_format": "not supported (text formats only)",
+                }
+            )
+            if typed.string("path") != "/dev/stdout":
+                raise BootstrapError(
+                    typed.at("path"), f"{typed.string('path')!r}: not supported (stdout only)"
+                )
+            if typed.has("format"):
+                return self.check_format(typed.at("format"), typed.string("format"))
+        else:
+            raise BootstrapError(typed.at("@type"), f"access logger {kind!r}: not supported (stdout only)")
+        log_format = typed.message("log_format")
+        if log_format is None:
+            return self.check_format(typed.path, ENVOY_DEFAULT_ACCESS_LOG_FORMAT)
+        log_format.check(LOG_FORMAT_FIELDS)
+        source = log_format.message("text_format_source")
+        if source is not None:
+            source.check(
+                {
+                    "inline_string": USE,
+                    "filename": "not supported (inline_string only)",
+                    "inline_bytes": "not supported (inline_string only)",
+                    "environment_variable": "not supported (inline_string only)",
+                }
+            )
+            return self.check_format(source.at("inline_string"), source.string("inline_string"))
+        if log_format.has("text_format"):
+            return self.check_format(log_format.at("text_format"), log_format.string("text_format"))
+        raise BootstrapError(log_format.path, "expected text_format_source.inline_string or text_format")
+
+    def check_format(self, where: str, fmt: str) -> str:
+        """Refuse at start a format the access log cannot write (its formatter is the judge)."""
+        try:
+            from ..monitoring.access_log import FormatError, compile_format
+        except ImportError:  # pragma: no cover - the monitoring package is part of apiproxy
+            return fmt
+        try:
+            compile_format(fmt)
+        except FormatError as error:
+            raise BootstrapError(where, f"{error}: not supported") from None
+        return fmt
+
+    def other_cluster(self, cluster: _Message) -> None:
+        """A cluster the data path does not use: checked for fields Envoy refuses, otherwise ignored."""
+        cluster.check(CLUSTER_FIELDS, refuse=False)
+        self.ignored.append(f"{cluster.path} (cluster {cluster.string('name')!r})")
+
+
+def _flatten(struct: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, object]]:
+    """Envoy's static_layer: nested objects are read as dotted keys."""
+    for key, value in struct.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, name + ".")
+        else:
+            yield name, value
+
+
+def _runtime_integer(key: str, value: object) -> int:
+    where = f"layered_runtime.static_layer.{key}"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BootstrapError(where, f"expected a positive integer, got {_show(value)}")
+    return value
