@@ -32,6 +32,11 @@ class BindError(Exception):
         self.error = error
 
 
+# Connections served at once per address; more are closed at accept. The port is on the node's network
+# (hostPort): a pile of idle connections must not grow threads without bound.
+MAX_CONCURRENT = 32
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -41,7 +46,20 @@ class _Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.ready = ready
         self.metrics = metrics
+        self.slots = threading.BoundedSemaphore(MAX_CONCURRENT)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:

@@ -3,6 +3,7 @@ serves, that Prometheus' own tools accept it, and the access-log line of each tu
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import shutil
@@ -21,6 +22,7 @@ import pytest
 
 from apiproxy.lab.gateway import free_port
 from apiproxy.lab.proxy import ApiproxyProcess
+from apiproxy.monitoring.http import MAX_CONCURRENT
 
 from .lab import apiproxy, echo_and_gateway, echo_tunnel, get, wait_for
 
@@ -188,3 +190,25 @@ def test_metrics_address_in_use_is_one_line() -> None:
     assert "Traceback" not in done.stderr
     assert "--metrics-address: expected an address this host can listen on" in done.stderr
     assert f"127.0.0.1:{port}" in done.stderr
+
+
+def test_idle_connections_cannot_pile_up_threads(running: Running) -> None:
+    idle = [
+        socket.create_connection(("127.0.0.1", running.metrics_port), timeout=5)
+        for _ in range(MAX_CONCURRENT)
+    ]
+    try:
+        wait_for(
+            lambda: get_or_none(running.metrics_port) is None, timeout=5
+        )  # the next one is closed at once
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: get_or_none(running.metrics_port) == 200, timeout=5)
+
+
+def get_or_none(port: int) -> int | None:
+    try:
+        return get(port, "/ready", timeout=2)[0]
+    except (OSError, http.client.HTTPException):
+        return None
