@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
-from ..tunnel import Tunnel
+from ..server import OVERFLOW
+from ..tunnel import COMPLETED, Tunnel
 from .access_log import TunnelRecord
 from .envoy_stats import EnvoyStats
 from .metrics import NativeMetrics
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("apiproxy.tunnel")
 
-OVERFLOW = "overflow"
-COMPLETED = "completed"
 # Failures to reach the gateway at all: a connection was attempted but none was made (Envoy still
 # samples its upstream connection length for those).
 CONNECT_FAILURES = frozenset({"connect_refused", "connect_timeout", "connect_error"})
