@@ -85,6 +85,8 @@ class Bootstrap:
     # What the admin interface was given ("pipe /path", "socket 127.0.0.1:9901"); apiproxy serves only the
     # admin paths the metrics listener routes to, on the metrics listener.
     admin: str | None
+    # apiproxy option names (as runtime errors name them) -> the config path they come from.
+    option_paths: Mapping[str, str]
 
 
 def parse_document(text: str) -> dict[str, Any]:
@@ -371,6 +373,7 @@ class _Reader:
 
         tunnels: list[_TunnelListener] = []
         monitoring_addresses: list[Endpoint] = []
+        metrics_paths: list[str] = []
         names: set[str] = set()
         for listener in resources.messages("listeners"):
             listener.check(LISTENER_FIELDS)
@@ -400,6 +403,7 @@ class _Reader:
             elif kind == HTTP_CONNECTION_MANAGER:
                 self.metrics_routes(typed, clusters, admin_address)
                 monitoring_addresses.append(self.listener_address(listener))
+                metrics_paths.append(listener.at("address"))
                 for index, extra in enumerate(listener.messages("additional_addresses")):
                     extra.check({"address": USE, "socket_options": NOT_SUPPORTED})
                     monitoring_addresses.append(
@@ -425,7 +429,10 @@ class _Reader:
         for name, cluster in clusters.items():
             if name != tunnel_cluster:
                 self.other_cluster(cluster)
-        return Bootstrap(config, tuple(self.ignored), admin_text)
+        option_paths = {"--listen": tunnel_listener.message.at("address")}
+        if metrics_paths:
+            option_paths["--metrics-address"] = " / ".join(metrics_paths)
+        return Bootstrap(config, tuple(self.ignored), admin_text, option_paths)
 
     # -- runtime, admin -------------------------------------------------------------------------------
 

@@ -1,0 +1,221 @@
+"""Differential, on loopback: Gardener's envoy.yaml (rendered with loopback addresses, free ports and a
+temporary admin pipe) run once by the real Envoy and once by `apiproxy-envoy`, each started with Gardener's
+exact command line in front of the same real Envoy seed gateway and TLS backend. The same client workload
+must give the same observable results."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from apiproxy.lab.backend import EchoServer
+from apiproxy.lab.certs import LabCertificates, make_certificates
+from apiproxy.lab.gateway import DESTINATION, GatewayConfig, free_port, start_gateway
+from apiproxy.monitoring.envoy_stats import NAMES
+
+from .node import KINDS, get, node_proxy
+from .render import render_loopback
+
+pytestmark = pytest.mark.envoy
+
+PAYLOAD_SIZES = (1, 4096, 100_000, 1_000_000)
+# Gardener's format: [START_TIME] RESPONSE_CODE RESPONSE_FLAGS rx tx DURATIONms "DOWNSTREAM" "UPSTREAM"
+ACCESS_LINE = re.compile(r'^\[(\S+)\] (\d+) (\S+) (\d+) rx (\d+) tx (\d+)ms "([^"]*)" "([^"]*)"$')
+
+
+class TLSEcho:
+    """The TLS backend (kube-apiserver stand-in) echoing every byte, on a loop in its own thread."""
+
+    def __init__(self, certs: LabCertificates) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = EchoServer(tls=certs.server_context())
+        self.thread = threading.Thread(target=self.loop.run_forever, name="tls-echo", daemon=True)
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class Lab:
+    certs: LabCertificates
+    gateway_port: int
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    workdir = tmp_path_factory.mktemp("envoy-differential")
+    certs = make_certificates(workdir / "certs")
+    echo = TLSEcho(certs)
+    try:
+        gateway_config = GatewayConfig(clusters={DESTINATION: ("127.0.0.1", echo.port)})
+        with start_gateway(gateway_config):
+            yield Lab(certs, gateway_config.port, workdir)
+    finally:
+        echo.stop()
+
+
+@dataclass(frozen=True)
+class Exchange:
+    echoed: bytes
+    client_port: int
+    raw_sent: int  # TLS bytes the client wrote
+    raw_received: int  # TLS bytes the client read
+
+
+def tls_exchange(port: int, context: ssl.SSLContext, payload: bytes, timeout: float = 15) -> Exchange:
+    """TLS through the tunnel over memory BIOs, so the bytes on the wire can be counted."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="kubernetes.default.svc")
+    sent = received = 0
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+
+        def flush() -> None:
+            nonlocal sent
+            if data := outgoing.read():
+                sock.sendall(data)
+                sent += len(data)
+
+        def pump() -> None:
+            nonlocal received
+            if time.monotonic() > deadline:
+                raise TimeoutError("no echo in time")
+            data = sock.recv(262144)
+            if not data:
+                raise ConnectionError("the proxy closed the tunnel")
+            incoming.write(data)
+            received += len(data)
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                pump()
+        tls.write(payload)
+        flush()
+        echoed = b""
+        while len(echoed) < len(payload):
+            try:
+                echoed += tls.read(262144)
+            except ssl.SSLWantReadError:
+                flush()
+                pump()
+        return Exchange(echoed, sock.getsockname()[1], sent, received)
+
+
+def refused(port: int, timeout: float = 15) -> bool:
+    """A client's first bytes get nothing back and the connection ends (EOF or reset)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"\x16\x03\x01 not really a ClientHello")
+        try:
+            return sock.recv(65536) == b""
+        except ConnectionResetError:
+            return True
+
+
+def access_lines(text: str) -> list[re.Match[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("[")]
+    matches = [ACCESS_LINE.match(line) for line in lines]
+    assert all(matches), lines
+    return [m for m in matches if m is not None]
+
+
+@dataclass
+class Observation:
+    echoed: list[bool]
+    ready: int
+    ready_v6: int
+    not_found: int
+    names_missing: list[str]
+    log_fields: list[
+        tuple[int, int, str]
+    ]  # per tunnel: rx - raw sent, tx - raw received (0..), upstream host
+
+
+def observe(kind: str, lab: Lab) -> Observation:
+    listen_port, metrics_port = free_port(), free_port()
+    workdir = lab.workdir / kind
+    workdir.mkdir(exist_ok=True)
+    admin = Path(f"/tmp/apiproxy-admin-{os.getpid()}-{kind}.socket")  # a pipe path must stay short
+    config = render_loopback(listen_port, metrics_port, lab.gateway_port, admin)
+    context = lab.certs.client_context()
+    try:
+        with node_proxy(kind, config, workdir, metrics_port) as node:
+            payloads = [os.urandom(size) for size in PAYLOAD_SIZES]
+            exchanges = [tls_exchange(listen_port, context, payload) for payload in payloads]
+            ready = get(f"http://127.0.0.1:{metrics_port}/ready")[0]
+            ready_v6 = get(f"http://[::1]:{metrics_port}/ready")[0]
+            not_found = get(f"http://127.0.0.1:{metrics_port}/stats")[0]
+            metrics = get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
+            deadline = time.monotonic() + 15
+            while len(access_lines(node.stdout())) < len(exchanges) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            lines = {int(m.group(7).rpartition(":")[2]): m for m in access_lines(node.stdout())}
+    finally:
+        admin.unlink(missing_ok=True)
+    log_fields = []
+    for exchange in exchanges:
+        line = lines[exchange.client_port]
+        rx, tx = int(line.group(4)), int(line.group(5))
+        # What the proxy read from the client is exactly what the client wrote; what it sent the client is
+        # what the client read, plus at most a close_notify still in flight at close.
+        log_fields.append((rx - exchange.raw_sent, min(tx - exchange.raw_received, 1), line.group(8)))
+    return Observation(
+        echoed=[e.echoed == p for e, p in zip(exchanges, payloads, strict=True)],
+        ready=ready,
+        ready_v6=ready_v6,
+        not_found=not_found,
+        names_missing=[
+            name for name in NAMES if f"\n{name}{{" not in metrics and f"\n{name} " not in metrics
+        ],
+        log_fields=log_fields,
+    )
+
+
+def test_same_observable_results_as_envoy(lab: Lab) -> None:
+    envoy, apiproxy = (observe(kind, lab) for kind in KINDS)
+    assert envoy.echoed == [True] * len(PAYLOAD_SIZES)
+    assert apiproxy == envoy
+    assert (apiproxy.ready, apiproxy.ready_v6, apiproxy.not_found, apiproxy.names_missing) == (
+        200,
+        200,
+        404,
+        [],
+    )
+    assert [fields[:2] for fields in apiproxy.log_fields] == [(0, 0)] * len(PAYLOAD_SIZES)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_wrong_destination_is_refused(kind: str, lab: Lab) -> None:
+    listen_port, metrics_port = free_port(), free_port()
+    admin = Path(f"/tmp/apiproxy-admin-{os.getpid()}-{kind}-wrong.socket")
+    config = render_loopback(
+        listen_port,
+        metrics_port,
+        lab.gateway_port,
+        admin,
+        destination="outbound|443||etcd.shoot--foo--bar.svc.cluster.local",
+    )
+    try:
+        with node_proxy(kind, config, lab.workdir / f"{kind}-wrong", metrics_port):
+            assert [refused(listen_port) for _ in range(3)] == [True] * 3
+    finally:
+        admin.unlink(missing_ok=True)
