@@ -1,18 +1,16 @@
 """Reads an Envoy v3 bootstrap (YAML or JSON text, as Gardener renders `envoy.yaml`) into a `ProxyConfig`.
 
 Sans-I/O. Every field of the messages the data path depends on (Bootstrap, Listener, FilterChain, TcpProxy,
-TunnelingConfig, Cluster, addresses) is classified: *used* (mapped onto apiproxy's configuration),
-*ignored* (no effect on the bytes: stats, metadata, load-balancing knobs of a one-endpoint cluster) or
-*refused* with a `BootstrapError` naming the config path (`static_resources.clusters[0].transport_socket:
-not supported (TLS to the gateway)`). A field Envoy does not know either is refused as Envoy refuses it,
-unless `allow_unknown_fields` (Envoy's `--allow-unknown-static-fields`). Field names may be snake_case or
-lowerCamelCase, as in Envoy's proto-JSON reading.
+TunnelingConfig, Cluster, addresses) is classified in `fields`: *used* (mapped here onto apiproxy's
+configuration), *ignored* (no effect on the bytes: stats, metadata, load-balancing knobs of a one-endpoint
+cluster) or *refused* with a `BootstrapError` naming the config path (`static_resources.clusters[0].
+transport_socket: not supported (TLS to the gateway)`). A field Envoy does not know either is refused as
+Envoy refuses it, unless `allow_unknown_fields` (Envoy's `--allow-unknown-static-fields`).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +29,43 @@ from ..config import (
     parse_header_name,
     parse_header_value,
 )
+from .fields import (
+    ACCESS_LOG_FIELDS,
+    ADDRESS_FIELDS,
+    ADMIN_FIELDS,
+    ADMIN_ROUTES,
+    BOOTSTRAP_FIELDS,
+    CLUSTER_FIELDS,
+    CLUSTER_TYPES,
+    DNS_FAMILIES,
+    FILE_ACCESS_LOG,
+    FILTER_CHAIN_FIELDS,
+    FILTER_FIELDS,
+    HEADER_FIELDS,
+    HEADER_OPTION_FIELDS,
+    HTTP_CONNECTION_MANAGER,
+    HTTP_PROTOCOL_OPTIONS,
+    IGNORE,
+    KEEPALIVE_FIELDS,
+    LAYER_FIELDS,
+    LISTENER_FIELDS,
+    LOG_FORMAT_FIELDS,
+    NOT_SUPPORTED,
+    RAW_BUFFER,
+    ROUTER,
+    SOCKET_ADDRESS_FIELDS,
+    STATIC_RESOURCES_FIELDS,
+    STDOUT_ACCESS_LOG,
+    TCP_PROXY,
+    TCP_PROXY_FIELDS,
+    TUNNELING_FIELDS,
+    UPSTREAM_OPTIONS_FIELDS,
+    UPSTREAM_PROXY_PROTOCOL,
+    USE,
+)
+from .message import BootstrapError, Findings, Message, show
 
-USE = "use"
-IGNORE = "ignore"
-NOT_SUPPORTED = "not supported"
+__all__ = ["Bootstrap", "BootstrapError", "bootstrap_from_document", "parse_document", "read_bootstrap"]
 
 # Envoy's own defaults where they differ from apiproxy's.
 ENVOY_BUFFER_LIMIT = 1024 * 1024  # per_connection_buffer_limit_bytes
@@ -52,29 +83,9 @@ ENVOY_DEFAULT_ACCESS_LOG_FORMAT = (
     '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
 )
 
-_TYPE_PREFIX = "type.googleapis.com/"
-TCP_PROXY = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-HTTP_CONNECTION_MANAGER = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ROUTER = "envoy.extensions.filters.http.router.v3.Router"
-STDOUT_ACCESS_LOG = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
-FILE_ACCESS_LOG = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
-RAW_BUFFER = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
-UPSTREAM_PROXY_PROTOCOL = (
-    "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport"
-)
-HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
-# The admin paths the metrics listener may route to, and the public path apiproxy serves each on.
-ADMIN_ROUTES = {"/stats/prometheus": "/metrics", "/ready": "/ready"}
-
-
-class BootstrapError(ValueError):
-    """The config cannot be run. `str()` is `<config path>: <why>`."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+# Envoy's AUTO prefers IPv6 and V4_PREFERRED IPv4, falling back to the other; ALL uses both. apiproxy's
+# resolver tries every address it is given, in the resolver's order.
+DNS_FAMILY = {"V4_ONLY": DNSFamily.V4, "V6_ONLY": DNSFamily.V6}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,256 +122,27 @@ def bootstrap_from_document(document: Mapping[str, Any], *, allow_unknown_fields
     return _Reader(allow_unknown_fields).bootstrap(document)
 
 
-# --- the messages -------------------------------------------------------------------------------------
-
-_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
-
-
-def _snake(name: str) -> str:
-    return _CAMEL.sub(r"_\1", name).lower() if not name.startswith("@") else name
-
-
-def _type_name(type_url: str) -> str:
-    return type_url.removeprefix(_TYPE_PREFIX)
-
-
-class _Message:
-    """One protobuf message of the document: its fields by snake_case name, and where it is."""
-
-    __slots__ = ("fields", "path", "reader")
-
-    def __init__(self, reader: _Reader, value: Any, path: str) -> None:
-        if not isinstance(value, Mapping):
-            raise BootstrapError(path, f"expected an object, got {_show(value)}")
-        # proto-JSON: null, like an absent field, leaves the field unset; so does an empty list.
-        self.fields = {_snake(str(k)): v for k, v in value.items() if v is not None and v != []}
-        self.path = path
-        self.reader = reader
-
-    def at(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def check(self, table: Mapping[str, str], *, refuse: bool = True) -> None:
-        """Apply the field table: note ignored fields, refuse what apiproxy cannot honour."""
-        for name in self.fields:
-            verdict = table.get(name)
-            if verdict is None:
-                if not self.reader.allow_unknown_fields:
-                    raise BootstrapError(self.at(name), "unknown field (Envoy refuses it too)")
-                verdict = IGNORE
-            if verdict == USE:
-                continue
-            if verdict == IGNORE or not refuse:
-                self.reader.ignored.append(self.at(name))
-            else:
-                raise BootstrapError(self.at(name), verdict)
-
-    def has(self, name: str) -> bool:
-        return name in self.fields
-
-    def message(self, name: str) -> _Message | None:
-        return _Message(self.reader, self.fields[name], self.at(name)) if name in self.fields else None
-
-    def require(self, name: str) -> _Message:
-        found = self.message(name)
-        if found is None:
-            raise BootstrapError(self.at(name), "required")
-        return found
-
-    def messages(self, name: str) -> Iterator[_Message]:
-        value = self.fields.get(name, [])
-        if not isinstance(value, list):
-            raise BootstrapError(self.at(name), f"expected a list, got {_show(value)}")
-        for index, item in enumerate(value):
-            yield _Message(self.reader, item, f"{self.at(name)}[{index}]")
-
-    def string(self, name: str, default: str = "") -> str:
-        value = self.fields.get(name, default)
-        if not isinstance(value, str):
-            raise BootstrapError(self.at(name), f"expected a string, got {_show(value)}")
-        return value
-
-    def boolean(self, name: str, default: bool = False) -> bool:
-        value = self.fields.get(name, default)
-        if isinstance(value, Mapping):  # google.protobuf.BoolValue written as {value: true}
-            value = value.get("value", False)
-        if not isinstance(value, bool):
-            raise BootstrapError(self.at(name), f"expected true or false, got {_show(value)}")
-        return value
-
-    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**32 - 1) -> int:
-        value = self.fields.get(name, default)
-        if isinstance(value, Mapping):  # google.protobuf.UInt32Value written as {value: N}
-            value = value.get("value", 0)
-        if isinstance(value, str) and value.isdigit():  # proto-JSON allows integers as strings
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-            raise BootstrapError(
-                self.at(name), f"expected an integer between {minimum} and {maximum}, got {_show(value)}"
-            )
-        return value
-
-    def duration(self, name: str) -> float | None:
-        """A google.protobuf.Duration in proto-JSON: decimal seconds with an `s` suffix (`5s`, `0.25s`)."""
-        if name not in self.fields:
-            return None
-        value = self.fields[name]
-        match = re.fullmatch(r"(\d+)(\.\d{1,9})?s", value) if isinstance(value, str) else None
-        if match is None:
-            raise BootstrapError(
-                self.at(name), f"expected a duration in seconds such as 5s or 0.25s, got {_show(value)}"
-            )
-        return float(value[:-1])
-
-    def enum(self, name: str, values: tuple[str, ...]) -> str:
-        """An enum by name or number; the first value is the proto default."""
-        value = self.fields.get(name, values[0])
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(values):
-            return values[value]
-        if value not in values:
-            raise BootstrapError(self.at(name), f"expected one of {', '.join(values)}, got {_show(value)}")
-        return str(value)
-
-    def type_name(self) -> str:
-        return _type_name(self.string("@type"))
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# --- field tables ----------------------------------------------------------------------------------------
-
-BOOTSTRAP_FIELDS = {
-    "node": IGNORE, "static_resources": USE, "dynamic_resources": "not supported (xDS)",
-    "cluster_manager": IGNORE, "hds_config": NOT_SUPPORTED, "flags_path": IGNORE, "stats_sinks": IGNORE,
-    "deferred_stat_options": IGNORE, "stats_config": IGNORE, "stats_flush_interval": IGNORE,
-    "stats_flush_on_admin": IGNORE, "watchdog": IGNORE, "watchdogs": IGNORE, "tracing": IGNORE,
-    "layered_runtime": USE, "admin": USE, "overload_manager": NOT_SUPPORTED, "enable_dispatcher_stats": IGNORE,
-    "header_prefix": IGNORE, "stats_server_version_override": IGNORE, "use_tcp_for_dns_lookups": IGNORE,
-    "dns_resolution_config": "not supported (apiproxy uses the system resolver)",
-    "typed_dns_resolver_config": "not supported (apiproxy uses the system resolver)",
-    "bootstrap_extensions": NOT_SUPPORTED, "fatal_actions": IGNORE, "config_sources": IGNORE,
-    "default_config_source": IGNORE, "default_socket_interface": NOT_SUPPORTED,
-    "certificate_provider_instances": IGNORE, "inline_headers": IGNORE, "perf_tracing_file_path": IGNORE,
-    "default_regex_engine": IGNORE, "xds_delegate_extension": IGNORE, "xds_config_tracker_extension": IGNORE,
-    "listener_manager": IGNORE, "application_log_config": IGNORE, "grpc_async_client_manager_config": IGNORE,
-    "memory_allocator_manager": IGNORE,
-}  # fmt: skip
-STATIC_RESOURCES_FIELDS = {"listeners": USE, "clusters": USE, "secrets": IGNORE}
-ADMIN_FIELDS = {
-    "access_log": IGNORE, "access_log_path": IGNORE, "profile_path": IGNORE, "address": USE,
-    "socket_options": IGNORE, "ignore_global_conn_limit": IGNORE, "allow_paths": IGNORE,
-}  # fmt: skip
-LAYER_FIELDS = {
-    "name": IGNORE, "static_layer": USE, "admin_layer": IGNORE,
-    "disk_layer": "not supported (only static_layer runtime values are read)",
-    "rtds_layer": "not supported (only static_layer runtime values are read)",
-}  # fmt: skip
-LISTENER_FIELDS = {
-    "name": USE, "address": USE, "additional_addresses": USE, "stat_prefix": IGNORE, "filter_chains": USE,
-    "fcds_config": NOT_SUPPORTED, "filter_chain_matcher": NOT_SUPPORTED, "use_original_dst": USE,
-    "default_filter_chain": NOT_SUPPORTED, "per_connection_buffer_limit_bytes": USE, "metadata": IGNORE,
-    "deprecated_v1": NOT_SUPPORTED, "drain_type": IGNORE, "listener_filters": NOT_SUPPORTED,
-    "listener_filters_timeout": IGNORE, "continue_on_listener_filters_timeout": IGNORE, "transparent": USE,
-    "freebind": USE, "socket_options": NOT_SUPPORTED, "tcp_fast_open_queue_length": IGNORE,
-    "traffic_direction": IGNORE, "udp_listener_config": NOT_SUPPORTED, "api_listener": NOT_SUPPORTED,
-    "connection_balance_config": IGNORE, "reuse_port": IGNORE, "enable_reuse_port": IGNORE,
-    "access_log": "not supported (use the tcp_proxy's access_log)", "tcp_backlog_size": USE,
-    "max_connections_to_accept_per_socket_event": IGNORE, "bind_to_port": USE,
-    "internal_listener": NOT_SUPPORTED, "enable_mptcp": NOT_SUPPORTED, "ignore_global_conn_limit": USE,
-    "bypass_overload_manager": IGNORE,
-}  # fmt: skip
-FILTER_CHAIN_FIELDS = {
-    "filter_chain_match": USE, "filters": USE, "use_proxy_proto": NOT_SUPPORTED, "metadata": IGNORE,
-    "transport_socket": "not supported (TLS is passed through, never terminated)",
-    "transport_socket_connect_timeout": IGNORE, "name": IGNORE, "on_demand_configuration": NOT_SUPPORTED,
-}  # fmt: skip
-FILTER_FIELDS = {"name": USE, "typed_config": USE, "config_discovery": NOT_SUPPORTED}
-ADDRESS_FIELDS = {"socket_address": USE, "pipe": USE, "envoy_internal_address": NOT_SUPPORTED}
-SOCKET_ADDRESS_FIELDS = {
-    "protocol": USE, "address": USE, "port_value": USE, "named_port": NOT_SUPPORTED,
-    "resolver_name": NOT_SUPPORTED, "ipv4_compat": USE, "network_namespace_filepath": NOT_SUPPORTED,
-}  # fmt: skip
-TCP_PROXY_FIELDS = {
-    "@type": USE, "stat_prefix": USE, "cluster": USE, "weighted_clusters": NOT_SUPPORTED,
-    "on_demand": NOT_SUPPORTED, "metadata_match": IGNORE, "idle_timeout": USE,
-    "downstream_idle_timeout": IGNORE, "upstream_idle_timeout": IGNORE, "access_log": USE,
-    "max_connect_attempts": IGNORE, "backoff_options": IGNORE, "hash_policy": IGNORE, "tunneling_config": USE,
-    "max_downstream_connection_duration": NOT_SUPPORTED,
-    "max_downstream_connection_duration_jitter_percentage": IGNORE, "access_log_flush_interval": IGNORE,
-    "flush_access_log_on_connected": IGNORE, "access_log_options": IGNORE, "proxy_protocol_tlvs": NOT_SUPPORTED,
-}  # fmt: skip
-TUNNELING_FIELDS = {
-    "hostname": USE, "use_post": USE, "headers_to_add": USE, "propagate_response_headers": IGNORE,
-    "post_path": "not supported (CONNECT only)", "propagate_response_trailers": IGNORE,
-    "request_id_extension": NOT_SUPPORTED,
-}  # fmt: skip
-HEADER_OPTION_FIELDS = {"header": USE, "append": IGNORE, "append_action": IGNORE, "keep_empty_value": IGNORE}
-HEADER_FIELDS = {"key": USE, "value": USE, "raw_value": NOT_SUPPORTED}
-ACCESS_LOG_FIELDS = {"name": USE, "filter": "not supported (every tunnel is logged)", "typed_config": USE}
-LOG_FORMAT_FIELDS = {
-    "text_format": USE, "text_format_source": USE, "json_format": "not supported (text formats only)",
-    "omit_empty_values": NOT_SUPPORTED, "content_type": IGNORE, "formatters": NOT_SUPPORTED,
-    "json_format_options": IGNORE,
-}  # fmt: skip
-CLUSTER_FIELDS = {
-    "name": USE, "alt_stat_name": IGNORE, "type": USE, "cluster_type": NOT_SUPPORTED,
-    "eds_cluster_config": NOT_SUPPORTED, "connect_timeout": USE, "per_connection_buffer_limit_bytes": USE,
-    "lb_policy": IGNORE, "load_assignment": USE, "health_checks": "not supported (no active health checks)",
-    "max_requests_per_connection": IGNORE, "circuit_breakers": USE, "upstream_http_protocol_options": IGNORE,
-    "common_http_protocol_options": IGNORE, "http_protocol_options": IGNORE,
-    "http2_protocol_options": "not supported (HTTP/2 tunnelling; apiproxy speaks HTTP/1.1 CONNECT)",
-    "typed_extension_protocol_options": USE, "dns_refresh_rate": USE, "dns_jitter": IGNORE,
-    "dns_failure_refresh_rate": IGNORE, "respect_dns_ttl": IGNORE, "dns_lookup_family": USE,
-    "dns_resolvers": "not supported (apiproxy uses the system resolver)", "use_tcp_for_dns_lookups": IGNORE,
-    "dns_resolution_config": "not supported (apiproxy uses the system resolver)",
-    "typed_dns_resolver_config": "not supported (apiproxy uses the system resolver)",
-    "wait_for_warm_on_init": IGNORE, "outlier_detection": IGNORE, "cleanup_interval": IGNORE,
-    "upstream_bind_config": NOT_SUPPORTED, "lb_subset_config": IGNORE, "ring_hash_lb_config": IGNORE,
-    "maglev_lb_config": IGNORE, "original_dst_lb_config": NOT_SUPPORTED, "least_request_lb_config": IGNORE,
-    "round_robin_lb_config": IGNORE, "common_lb_config": IGNORE, "transport_socket": USE, "metadata": IGNORE,
-    "protocol_selection": IGNORE, "upstream_connection_options": USE,
-    "close_connections_on_host_health_failure": IGNORE, "ignore_health_on_host_removal": IGNORE,
-    "filters": NOT_SUPPORTED, "load_balancing_policy": IGNORE, "lrs_server": IGNORE,
-    "lrs_report_endpoint_metrics": IGNORE, "track_timeout_budgets": IGNORE, "upstream_config": NOT_SUPPORTED,
-    "track_cluster_stats": IGNORE, "preconnect_policy": IGNORE,
-    "connection_pool_per_downstream_connection": IGNORE, "transport_socket_matches": NOT_SUPPORTED,
-}  # fmt: skip
-UPSTREAM_OPTIONS_FIELDS = {
-    "tcp_keepalive": USE, "set_local_interface_name_on_upstream_connections": IGNORE, "happy_eyeballs_config": IGNORE,
-}  # fmt: skip
-KEEPALIVE_FIELDS = {"keepalive_probes": USE, "keepalive_time": USE, "keepalive_interval": USE}
-CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")
-DNS_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
-# Envoy's AUTO prefers IPv6 and V4_PREFERRED IPv4, falling back to the other; ALL uses both. apiproxy's
-# resolver tries every address it is given, in the resolver's order.
-DNS_FAMILY = {"V4_ONLY": DNSFamily.V4, "V6_ONLY": DNSFamily.V6}
-
-
 # --- the reader ------------------------------------------------------------------------------------------
 
 
 @dataclass
 class _TunnelListener:
-    message: _Message
+    message: Message
     name: str
     listen: Endpoint
-    tcp_proxy: _Message
+    tcp_proxy: Message
 
 
 class _Reader:
     def __init__(self, allow_unknown_fields: bool) -> None:
-        self.allow_unknown_fields = allow_unknown_fields
-        self.ignored: list[str] = []
+        self.findings = Findings(allow_unknown_fields)
 
     def bootstrap(self, document: Mapping[str, Any]) -> Bootstrap:
-        root = _Message(self, document, "")
+        root = Message(self.findings, document, "")
         root.check(BOOTSTRAP_FIELDS)
         runtime = self.runtime(root.message("layered_runtime"))
         admin_address, admin_text = self.admin(root.message("admin"))
-        resources = root.message("static_resources") or _Message(self, {}, "static_resources")
+        resources = root.message("static_resources") or Message(self.findings, {}, "static_resources")
         resources.check(STATIC_RESOURCES_FIELDS)
         clusters = {}
         for cluster in resources.messages("clusters"):
@@ -429,14 +211,16 @@ class _Reader:
         for name, cluster in clusters.items():
             if name != tunnel_cluster:
                 self.other_cluster(cluster)
+        used = self.used_runtime_keys(tunnel_listener)
+        self.findings.ignored.extend(f"layered_runtime {key}" for key in runtime if key not in used)
         option_paths = {"--listen": tunnel_listener.message.at("address")}
         if metrics_paths:
             option_paths["--metrics-address"] = " / ".join(metrics_paths)
-        return Bootstrap(config, tuple(self.ignored), admin_text, option_paths)
+        return Bootstrap(config, tuple(self.findings.ignored), admin_text, option_paths)
 
     # -- runtime, admin -------------------------------------------------------------------------------
 
-    def runtime(self, layered: _Message | None) -> dict[str, object]:
+    def runtime(self, layered: Message | None) -> dict[str, object]:
         values: dict[str, object] = {}
         if layered is None:
             return values
@@ -446,11 +230,11 @@ class _Reader:
             static = layer.fields.get("static_layer")
             if static is not None:
                 if not isinstance(static, Mapping):
-                    raise BootstrapError(layer.at("static_layer"), f"expected an object, got {_show(static)}")
+                    raise BootstrapError(layer.at("static_layer"), f"expected an object, got {show(static)}")
                 values.update(_flatten(static))  # later layers override earlier ones
         return values
 
-    def admin(self, admin: _Message | None) -> tuple[Endpoint | str | None, str | None]:
+    def admin(self, admin: Message | None) -> tuple[Endpoint | str | None, str | None]:
         if admin is None:
             return None, None
         admin.check(ADMIN_FIELDS)
@@ -470,13 +254,13 @@ class _Reader:
 
     # -- listeners ------------------------------------------------------------------------------------
 
-    def listener_switches(self, listener: _Message) -> None:
+    def listener_switches(self, listener: Message) -> None:
         """Boolean listener fields whose default is harmless and whose other value apiproxy cannot honour."""
         for name, harmless in (("use_original_dst", False), ("transparent", False), ("bind_to_port", True)):
             if listener.has(name) and listener.boolean(name) != harmless:
                 raise BootstrapError(listener.at(name), f"{str(not harmless).lower()}: not supported")
 
-    def single_filter_chain(self, listener: _Message) -> _Message:
+    def single_filter_chain(self, listener: Message) -> Message:
         chains = list(listener.messages("filter_chains"))
         if len(chains) != 1:
             raise BootstrapError(
@@ -491,10 +275,10 @@ class _Reader:
             )
         return chain
 
-    def listener_address(self, listener: _Message) -> Endpoint:
+    def listener_address(self, listener: Message) -> Endpoint:
         return self.socket_address(listener.require("address"), "address")
 
-    def socket_address(self, address: _Message, what: str, *, allow_port_zero: bool = False) -> Endpoint:
+    def socket_address(self, address: Message, what: str, *, allow_port_zero: bool = False) -> Endpoint:
         """An Address that must be a TCP socket address with an IP literal (Envoy listens on IPs only)."""
         address.check(ADDRESS_FIELDS)
         socket_address = address.message("socket_address")
@@ -514,7 +298,7 @@ class _Reader:
             ip = ipaddress.ip_address(host)
         except ValueError:
             raise BootstrapError(
-                socket_address.at("address"), f"expected an IP address, got {_show(host)}"
+                socket_address.at("address"), f"expected an IP address, got {show(host)}"
             ) from None
         port = socket_address.integer("port_value", 0, maximum=65535)
         if port == 0 and not allow_port_zero:
@@ -527,7 +311,7 @@ class _Reader:
     # -- the metrics listener ---------------------------------------------------------------------------
 
     def metrics_routes(
-        self, manager: _Message, clusters: Mapping[str, _Message], admin: Endpoint | str | None
+        self, manager: Message, clusters: Mapping[str, Message], admin: Endpoint | str | None
     ) -> None:
         """The http_connection_manager may only expose the admin's /stats/prometheus and /ready."""
         if manager.has("rds"):
@@ -539,14 +323,14 @@ class _Reader:
                 raise BootstrapError(http_filter.path, f"http filter {kind!r}: not supported (router only)")
         for name in manager.fields:
             if name not in ("@type", "route_config", "http_filters"):
-                self.ignored.append(manager.at(name))
+                self.findings.ignored.append(manager.at(name))
         route_config = manager.require("route_config")
         for host in route_config.messages("virtual_hosts"):
             for route in host.messages("routes"):
                 self.metrics_route(route, clusters, admin)
 
     def metrics_route(
-        self, route: _Message, clusters: Mapping[str, _Message], admin: Endpoint | str | None
+        self, route: Message, clusters: Mapping[str, Message], admin: Endpoint | str | None
     ) -> None:
         match = route.require("match")
         action = route.message("route")
@@ -575,7 +359,7 @@ class _Reader:
                 f"cluster {cluster_name!r} does not point at the admin address: not supported",
             )
 
-    def cluster_target(self, cluster: _Message) -> Endpoint | str | None:
+    def cluster_target(self, cluster: Message) -> Endpoint | str | None:
         """The one endpoint of a cluster: a pipe path or an address; None if not exactly one."""
         endpoints = list(self.lb_endpoints(cluster))
         if len(endpoints) != 1:
@@ -593,7 +377,7 @@ class _Reader:
             socket_address.string("address"), socket_address.integer("port_value", 0, maximum=65535)
         )
 
-    def lb_endpoints(self, cluster: _Message) -> Iterator[_Message]:
+    def lb_endpoints(self, cluster: Message) -> Iterator[Message]:
         assignment = cluster.message("load_assignment")
         if assignment is None:
             return
@@ -608,7 +392,7 @@ class _Reader:
     def proxy_config(
         self,
         tunnel_listener: _TunnelListener,
-        clusters: Mapping[str, _Message],
+        clusters: Mapping[str, Message],
         runtime: Mapping[str, object],
         monitoring_addresses: list[Endpoint],
     ) -> tuple[ProxyConfig, str]:
@@ -686,13 +470,14 @@ class _Reader:
             monitoring = MonitoringConfig(
                 addresses=tuple(dict.fromkeys(monitoring_addresses)),
                 access_log_format=access_log,
-                envoy_cluster_name=cluster_name,
+                # Envoy names the cluster's stats by alt_stat_name when it is given.
+                envoy_cluster_name=cluster.string("alt_stat_name") or cluster_name,
                 envoy_stat_prefix=stat_prefix,
             )
         proxy = ProxyConfig(listener=listener_config, tunnel=tunnel, vip=None, monitoring=monitoring)
         return proxy, cluster_name
 
-    def cluster_endpoint(self, cluster: _Message) -> tuple[Endpoint, DNSFamily, float]:
+    def cluster_endpoint(self, cluster: Message) -> tuple[Endpoint, DNSFamily, float]:
         kind = cluster.enum("type", CLUSTER_TYPES)
         if kind not in ("STATIC", "STRICT_DNS", "LOGICAL_DNS"):
             raise BootstrapError(
@@ -720,11 +505,11 @@ class _Reader:
         except ValueError:
             if kind == "STATIC":
                 raise BootstrapError(
-                    socket_address.at("address"), f"a STATIC cluster needs an IP address, got {_show(host)}"
+                    socket_address.at("address"), f"a STATIC cluster needs an IP address, got {show(host)}"
                 ) from None
             if not is_hostname(host):
                 raise BootstrapError(
-                    socket_address.at("address"), f"expected a DNS name or an IP address, got {_show(host)}"
+                    socket_address.at("address"), f"expected a DNS name or an IP address, got {show(host)}"
                 ) from None
         family = DNS_FAMILY.get(cluster.enum("dns_lookup_family", DNS_FAMILIES), DNSFamily.AUTO)
         refresh = cluster.duration("dns_refresh_rate")
@@ -732,14 +517,14 @@ class _Reader:
             raise BootstrapError(cluster.at("dns_refresh_rate"), "expected at least 1ms")
         return Endpoint(host, port), family, 5.0 if refresh is None else refresh
 
-    def upstream_transport(self, cluster: _Message) -> bool:
+    def upstream_transport(self, cluster: Message) -> bool:
         """True for an upstream_proxy_protocol (v2) transport socket over plain TCP; refuses TLS and others."""
         socket_ = cluster.message("transport_socket")
         if socket_ is None:
             return False
         return self.transport_socket(socket_, outer=True)
 
-    def transport_socket(self, socket_: _Message, *, outer: bool) -> bool:
+    def transport_socket(self, socket_: Message, *, outer: bool) -> bool:
         socket_.check({"name": USE, "typed_config": USE})
         typed = socket_.message("typed_config")
         kind = typed.type_name() if typed is not None else socket_.string("name")
@@ -773,7 +558,7 @@ class _Reader:
         what = "TLS to the gateway" if "tls" in kind.lower() else kind
         raise BootstrapError(socket_.path, f"not supported ({what})")
 
-    def upstream_http_protocol(self, cluster: _Message) -> None:
+    def upstream_http_protocol(self, cluster: Message) -> None:
         """HTTP/2 to the gateway (explicit, or chosen by ALPN/downstream) would change the tunnel protocol."""
         options = cluster.fields.get("typed_extension_protocol_options")
         if not options:
@@ -782,7 +567,7 @@ class _Reader:
             raise BootstrapError(cluster.at("typed_extension_protocol_options"), "expected an object")
         for name, value in options.items():
             where = f"{cluster.at('typed_extension_protocol_options')}.{name}"
-            typed = _Message(self, value, where)
+            typed = Message(self.findings, value, where)
             if typed.type_name() != HTTP_PROTOCOL_OPTIONS:
                 raise BootstrapError(where, NOT_SUPPORTED)
             explicit = typed.message("explicit_http_config")
@@ -794,9 +579,9 @@ class _Reader:
                 raise BootstrapError(
                     where, "not supported (HTTP/2 or HTTP/3 tunnelling; apiproxy speaks HTTP/1.1 CONNECT)"
                 )
-            self.ignored.append(where)
+            self.findings.ignored.append(where)
 
-    def keepalive(self, cluster: _Message) -> dict[str, int]:
+    def keepalive(self, cluster: Message) -> dict[str, int]:
         # Envoy sets no keepalive without tcp_keepalive; apiproxy always does (with the kernel's values).
         values = dict(KERNEL_KEEPALIVE)
         options = cluster.message("upstream_connection_options")
@@ -814,7 +599,7 @@ class _Reader:
             values["keepalive_probes"] = keepalive.integer("keepalive_probes", 0, minimum=1, maximum=127)
         return values
 
-    def tunneling(self, tunneling: _Message) -> tuple[str, tuple[tuple[str, str], ...]]:
+    def tunneling(self, tunneling: Message) -> tuple[str, tuple[tuple[str, str], ...]]:
         tunneling.check(TUNNELING_FIELDS)
         if tunneling.boolean("use_post"):
             raise BootstrapError(tunneling.at("use_post"), "true: not supported (CONNECT only)")
@@ -829,7 +614,7 @@ class _Reader:
         try:
             authority = parse_authority(tunneling.at("hostname"), hostname)
         except ConfigError as error:
-            raise BootstrapError(error.option, f"expected HOST:PORT, got {_show(hostname)}") from None
+            raise BootstrapError(error.option, f"expected HOST:PORT, got {show(hostname)}") from None
         headers: list[tuple[str, str]] = []
         for option in tunneling.messages("headers_to_add"):
             option.check(HEADER_OPTION_FIELDS)
@@ -840,7 +625,7 @@ class _Reader:
                 parse_header_name(header.at("key"), name)
                 parse_header_value(header.at("value"), value)
             except ConfigError as error:
-                raise BootstrapError(error.option, error.expected + f", got {_show(error.value)}") from None
+                raise BootstrapError(error.option, error.expected + f", got {show(error.value)}") from None
             if name.lower() == "host":
                 raise BootstrapError(header.at("key"), "host cannot be overridden (Envoy refuses it too)")
             if "%" in value:
@@ -852,16 +637,19 @@ class _Reader:
             raise BootstrapError(tunneling.at("headers_to_add"), "the same header twice: not supported")
         return authority, tuple(headers)
 
+    @staticmethod
+    def used_runtime_keys(tunnel_listener: _TunnelListener) -> list[str]:
+        keys = [f"envoy.resource_limits.listener.{tunnel_listener.name}.connection_limit"]
+        if not tunnel_listener.message.boolean("ignore_global_conn_limit"):
+            keys.append("overload.global_downstream_max_connections")
+        return keys
+
     def connection_limit(
-        self, tunnel_listener: _TunnelListener, cluster: _Message, runtime: Mapping[str, object]
+        self, tunnel_listener: _TunnelListener, cluster: Message, runtime: Mapping[str, object]
     ) -> int:
         """The smallest of Envoy's limits that apply: the listener's, the global one, the cluster's."""
-        listener = tunnel_listener.message
         limits: list[int] = []
-        keys = [f"envoy.resource_limits.listener.{tunnel_listener.name}.connection_limit"]
-        if not listener.boolean("ignore_global_conn_limit"):
-            keys.append("overload.global_downstream_max_connections")
-        for key in keys:
+        for key in self.used_runtime_keys(tunnel_listener):
             if key in runtime:
                 limits.append(_runtime_integer(key, runtime[key]))
         breakers = cluster.message("circuit_breakers")
@@ -875,7 +663,7 @@ class _Reader:
         # accident (Gardener sets none), the listener limits above decide.
         return min(min(limits, default=UNLIMITED_CONNECTIONS), UNLIMITED_CONNECTIONS)
 
-    def access_log(self, tcp_proxy: _Message) -> str | None:
+    def access_log(self, tcp_proxy: Message) -> str | None:
         loggers = list(tcp_proxy.messages("access_log"))
         if not loggers:
             return None
@@ -937,10 +725,10 @@ class _Reader:
             raise BootstrapError(where, f"{error}: not supported") from None
         return fmt
 
-    def other_cluster(self, cluster: _Message) -> None:
+    def other_cluster(self, cluster: Message) -> None:
         """A cluster the data path does not use: checked for fields Envoy refuses, otherwise ignored."""
         cluster.check(CLUSTER_FIELDS, refuse=False)
-        self.ignored.append(f"{cluster.path} (cluster {cluster.string('name')!r})")
+        self.findings.ignored.append(f"{cluster.path} (cluster {cluster.string('name')!r})")
 
 
 def _flatten(struct: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, object]]:
@@ -960,5 +748,5 @@ def _runtime_integer(key: str, value: object) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BootstrapError(where, f"expected a positive integer, got {_show(value)}")
+        raise BootstrapError(where, f"expected a positive integer, got {show(value)}")
     return value

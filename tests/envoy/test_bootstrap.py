@@ -293,3 +293,17 @@ def test_without_metrics_listener_or_access_log_there_is_no_monitoring() -> None
     assert bootstrap_from_document(_edit(change)).config.monitoring is None
     only_log = bootstrap_from_document(_edit(lambda d: d["static_resources"]["listeners"].pop(1))).config
     assert only_log.monitoring is not None and only_log.monitoring.addresses == ()
+
+
+def test_alt_stat_name_names_the_cluster_in_envoy_metrics_and_other_runtime_keys_are_listed_as_ignored() -> (
+    None
+):
+    def change(d: Document) -> None:
+        _cluster(d)["alt_stat_name"] = "apiserver"
+        d["layered_runtime"]["layers"][0]["static_layer"]["re2.max_program_size.error_level"] = 1000
+
+    bootstrap = bootstrap_from_document(_edit(change))
+    assert bootstrap.config.monitoring is not None
+    assert bootstrap.config.monitoring.envoy_cluster_name == "apiserver"
+    assert "layered_runtime re2.max_program_size.error_level" in bootstrap.ignored
+    assert not any("connection_limit" in path for path in bootstrap.ignored)
