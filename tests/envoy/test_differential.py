@@ -145,9 +145,32 @@ class Observation:
     ready_v6: int
     not_found: int
     names_missing: list[str]
-    log_fields: list[
-        tuple[int, int, str]
-    ]  # per tunnel: rx - raw sent, tx - raw received (0..), upstream host
+    # Per tunnel: rx minus the raw bytes the client wrote, tx minus what it read (0 or 1), upstream host.
+    log_fields: list[tuple[int, int, str]]
+    counters: dict[str, float]  # the Gardener counters whose values the workload decides
+    downstream_bytes: tuple[int, int]  # tcp rx bytes - what clients wrote; tx bytes - what they read (0..)
+
+
+# Counters among the 17 whose value the workload decides (the byte counters depend on TLS record sizes).
+COUNTED = (
+    "envoy_cluster_bind_errors", "envoy_cluster_lb_healthy_panic", "envoy_cluster_update_attempt",
+    "envoy_cluster_update_failure", "envoy_cluster_upstream_cx_none_healthy", "envoy_listener_downstream_cx_destroy",
+    "envoy_listener_downstream_cx_overflow", "envoy_listener_downstream_cx_total", "envoy_tcp_downstream_cx_no_route",
+    "envoy_tcp_downstream_cx_total",
+)  # fmt: skip
+SAMPLE = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$")
+
+
+def gardener_samples(metrics: str, listen_port: int) -> dict[str, float]:
+    """{name{labels}: value} of the tunnel's series (not the admin cluster's), the listener port as PORT."""
+    found = {}
+    for line in metrics.splitlines():
+        match = SAMPLE.match(line)
+        if match and match.group(1) in NAMES:
+            labels = (match.group(2) or "").replace(f"_{listen_port}", "_PORT")
+            if "kube_apiserver" in labels or "_PORT" in labels:
+                found[match.group(1) + labels] = float(match.group(3))
+    return found
 
 
 def observe(kind: str, lab: Lab) -> Observation:
@@ -171,6 +194,9 @@ def observe(kind: str, lab: Lab) -> Observation:
             lines = {int(m.group(7).rpartition(":")[2]): m for m in access_lines(node.stdout())}
     finally:
         admin.unlink(missing_ok=True)
+    samples = gardener_samples(metrics, listen_port)
+    sent, read = sum(e.raw_sent for e in exchanges), sum(e.raw_received for e in exchanges)
+    tcp = '{envoy_tcp_prefix="kube_apiserver"}'
     log_fields = []
     for exchange in exchanges:
         line = lines[exchange.client_port]
@@ -187,6 +213,11 @@ def observe(kind: str, lab: Lab) -> Observation:
             name for name in NAMES if f"\n{name}{{" not in metrics and f"\n{name} " not in metrics
         ],
         log_fields=log_fields,
+        counters={name: value for name, value in samples.items() if name.split("{")[0] in COUNTED},
+        downstream_bytes=(
+            int(samples[f"envoy_tcp_downstream_cx_rx_bytes_total{tcp}"]) - sent,
+            min(int(samples[f"envoy_tcp_downstream_cx_tx_bytes_total{tcp}"]) - read, 1),
+        ),
     )
 
 
@@ -201,21 +232,34 @@ def test_same_observable_results_as_envoy(lab: Lab) -> None:
         [],
     )
     assert [fields[:2] for fields in apiproxy.log_fields] == [(0, 0)] * len(PAYLOAD_SIZES)
+    assert apiproxy.counters['envoy_tcp_downstream_cx_total{envoy_tcp_prefix="kube_apiserver"}'] == len(
+        PAYLOAD_SIZES
+    )
+    assert apiproxy.downstream_bytes == (0, 0)
+    assert sorted(name.split("{")[0] for name in apiproxy.counters) == sorted(COUNTED)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_wrong_destination_is_refused(kind: str, lab: Lab) -> None:
+def refusals(kind: str, lab: Lab) -> tuple[list[bool], list[tuple[str, str, str, str]]]:
     listen_port, metrics_port = free_port(), free_port()
     admin = Path(f"/tmp/apiproxy-admin-{os.getpid()}-{kind}-wrong.socket")
-    config = render_loopback(
-        listen_port,
-        metrics_port,
-        lab.gateway_port,
-        admin,
-        destination="outbound|443||etcd.shoot--foo--bar.svc.cluster.local",
-    )
+    wrong = "outbound|443||etcd.shoot--foo--bar.svc.cluster.local"  # the gateway answers 301
+    config = render_loopback(listen_port, metrics_port, lab.gateway_port, admin, destination=wrong)
     try:
-        with node_proxy(kind, config, lab.workdir / f"{kind}-wrong", metrics_port):
-            assert [refused(listen_port) for _ in range(3)] == [True] * 3
+        with node_proxy(kind, config, lab.workdir / f"{kind}-wrong", metrics_port) as node:
+            closed = [refused(listen_port) for _ in range(3)]
+            deadline = time.monotonic() + 15
+            while len(access_lines(node.stdout())) < len(closed) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # RESPONSE_FLAGS, rx, tx, upstream host (RESPONSE_CODE: Envoy's tcp_proxy prints 0, apiproxy
+            # the gateway's answer, 301; see apiproxy.monitoring.access_log).
+            lines = [(m.group(3), m.group(4), m.group(5), m.group(8)) for m in access_lines(node.stdout())]
     finally:
         admin.unlink(missing_ok=True)
+    return closed, lines
+
+
+def test_a_wrong_destination_is_refused_as_envoy_refuses_it(lab: Lab) -> None:
+    envoy, apiproxy = (refusals(kind, lab) for kind in KINDS)
+    assert envoy[0] == [True] * 3
+    assert apiproxy == envoy
+    assert apiproxy[1] == [("UF,URX", "0", "0", f"127.0.0.1:{lab.gateway_port}")] * 3
