@@ -54,14 +54,20 @@ class Node:
 
 
 @contextmanager
-def node_proxy(kind: str, config: dict[str, Any], workdir: Path, metrics_port: int) -> Iterator[Node]:
+def node_proxy(
+    kind: str, config: dict[str, Any], workdir: Path, metrics_port: int, *, extra_args: tuple[str, ...] = ()
+) -> Iterator[Node]:
+    """Gardener's command line (plus `extra_args`) on `config`, written to envoy.yaml in `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "envoy.yaml"
     config_path.write_text(yaml.safe_dump(config))
     stdout_path, stderr_path = workdir / "stdout", workdir / "stderr"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         process = subprocess.Popen(
-            gardener_command(kind, config_path), stdout=out, stderr=err, stdin=subprocess.DEVNULL
+            [*gardener_command(kind, config_path), *extra_args],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
         )
     node = Node(process, stdout_path, stderr_path)
     try:

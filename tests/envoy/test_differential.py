@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import ssl
 import threading
@@ -263,3 +264,21 @@ def test_a_wrong_destination_is_refused_as_envoy_refuses_it(lab: Lab) -> None:
     assert envoy[0] == [True] * 3
     assert apiproxy == envoy
     assert apiproxy[1] == [("UF,URX", "0", "0", f"127.0.0.1:{lab.gateway_port}")] * 3
+
+
+def test_drain_time_s_bounds_the_drain_on_sigterm(lab: Lab, tmp_path: Path) -> None:
+    """Envoy's --drain-time-s is apiproxy's drain deadline: an open tunnel is cut after it, exit 0."""
+    listen_port, metrics_port = free_port(), free_port()
+    config = render_loopback(listen_port, metrics_port, lab.gateway_port, tmp_path / "admin.socket")
+    with (
+        node_proxy("apiproxy", config, tmp_path, metrics_port, extra_args=("--drain-time-s", "1")) as node,
+        socket.create_connection(("127.0.0.1", listen_port), timeout=10) as held,
+    ):
+        tls_exchange(listen_port, lab.certs.client_context(), b"x")  # the tunnel path works
+        held.sendall(b"\x16\x03\x01")  # an open tunnel, mid ClientHello
+        time.sleep(0.3)
+        started = time.monotonic()
+        os.kill(node.process.pid, signal.SIGTERM)
+        assert node.process.wait(15) == 0
+        assert 0.9 < time.monotonic() - started < 10
+    assert "drained; 1 tunnels were cut at the deadline" in node.stderr()
