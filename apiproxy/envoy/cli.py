@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import NoReturn
 
 from .. import __version__
-from ..config import ConfigError
+from ..config import ConfigError, ProxyConfig
 from .bootstrap import Bootstrap, BootstrapError, read_bootstrap
 
 log = logging.getLogger("apiproxy.envoy")
@@ -185,24 +185,10 @@ def run(argv: list[str]) -> int:
         return 0
 
     _setup_logging(args.log_level)
-    ignored_flags = _ignored_flags(args)
-    if ignored_flags:
-        log.info("Envoy flags without meaning for apiproxy, ignored: %s", " ".join(ignored_flags))
-    if bootstrap.ignored:
-        log.info("config fields without effect on apiproxy, ignored: %s", ", ".join(bootstrap.ignored))
-    if bootstrap.admin is not None:
-        log.info(
-            "admin (%s): not served; the metrics listener serves /metrics and /ready itself", bootstrap.admin
-        )
-    if args.concurrency is not None and args.concurrency != 1:
-        log.info(
-            "--concurrency %d: one event loop serves every connection (apiproxy's tunnels are I/O-bound; "
-            "the relay does not need Envoy's worker threads)",
-            args.concurrency,
-        )
     config = bootstrap.config
     if args.drain_time_s is not None:
         config = replace(config, drain_timeout=float(args.drain_time_s))
+    _log_start(args, bootstrap, config)
 
     from ..runtime import run_proxy
 
@@ -213,3 +199,27 @@ def run(argv: list[str]) -> int:
         # runtime names apiproxy's option; the operator wrote a config path.
         where = bootstrap.option_paths.get(error.option, error.option)
         return _fail(f"{where}: expected {error.expected}, got {error.value!r}")
+
+
+def _log_start(args: argparse.Namespace, bootstrap: Bootstrap, config: ProxyConfig) -> None:
+    """What the Envoy config became, and what of the command line and the config has no effect."""
+    tunnel = config.tunnel
+    headers = ", ".join(name for name, _ in tunnel.connect_headers) or "none"
+    log.info(
+        "%s: %s -> %s (%s%s, headers %s), at most %d connections, buffer %d bytes, idle timeout %gs, "
+        "drain %gs",
+        args.config_path, config.listener.listen, tunnel.upstream, tunnel.upstream_protocol.value,
+        f" {tunnel.connect_authority}" if tunnel.connect_authority else "", headers,
+        config.listener.max_connections, tunnel.buffer_size, tunnel.idle_timeout, config.drain_timeout,
+    )  # fmt: skip
+    ignored_flags = _ignored_flags(args)
+    if ignored_flags:
+        log.info("Envoy flags without meaning for apiproxy, ignored: %s", " ".join(ignored_flags))
+    if bootstrap.ignored:
+        log.info("config fields without effect on apiproxy, ignored: %s", ", ".join(bootstrap.ignored))
+    if bootstrap.admin is not None:
+        log.info(
+            "admin (%s): not served; the metrics listener serves /metrics and /ready itself", bootstrap.admin
+        )
+    if args.concurrency is not None and args.concurrency != 1:
+        log.info("--concurrency %d: apiproxy serves every connection from one event loop", args.concurrency)

@@ -78,7 +78,11 @@ def test_gardeners_command_line_serves_and_sigterm_exits_0(tmp_path: Path) -> No
         assert node.process.wait(30) == 0
     log = node.stderr()
     assert "Envoy flags without meaning for apiproxy, ignored: --use-dynamic-base-id" in log
-    assert "--concurrency 2: one event loop serves every connection" in log
+    assert "--concurrency 2: apiproxy serves every connection from one event loop" in log
+    assert (
+        "-> localhost:" in log
+        and "(connect api.bar.foo.internal.example.com.:443, headers X-Gardener-Destination)" in log
+    )
     assert f"listening on 127.0.0.1:{listen_port}" in log
 
 
