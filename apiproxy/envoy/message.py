@@ -99,6 +99,8 @@ class Message:
         value = self.fields.get(name, default)
         if isinstance(value, Mapping):  # google.protobuf.BoolValue written as {value: true}
             value = value.get("value", False)
+        if value in ("true", "false"):  # Envoy's reader takes the strings too
+            value = value == "true"
         if not isinstance(value, bool):
             raise BootstrapError(self.at(name), f"expected true or false, got {show(value)}")
         return value
@@ -116,10 +118,18 @@ class Message:
         return value
 
     def duration(self, name: str) -> float | None:
-        """A google.protobuf.Duration in proto-JSON: decimal seconds with an `s` suffix (`5s`, `0.25s`)."""
+        """A google.protobuf.Duration: proto-JSON's decimal seconds with an `s` suffix (`5s`, `0.25s`), or
+        the message form `{seconds: 5, nanos: 0}` Envoy's reader also takes."""
         if name not in self.fields:
             return None
         value = self.fields[name]
+        if isinstance(value, Mapping):
+            duration = Message(self.findings, value, self.at(name))
+            duration.check({"seconds": USE, "nanos": USE})
+            return (
+                duration.integer("seconds", 0, maximum=315_576_000_000)
+                + duration.integer("nanos", 0, maximum=999_999_999) / 1e9
+            )
         match = re.fullmatch(r"(\d+)(\.\d{1,9})?s", value) if isinstance(value, str) else None
         if match is None:
             raise BootstrapError(

@@ -114,6 +114,10 @@ VARIANTS: list[tuple[str, Callable[[Document], object], bool, bool, str]] = [
     ("partial keepalive", lambda d: cluster(d)["upstream_connection_options"].update(tcp_keepalive={"keepalive_probes": 3}), OK, OK, ""),
     ("circuit breakers", lambda d: cluster(d).update(circuit_breakers={"thresholds": [{"max_connections": 1024}]}), OK, OK, ""),
     ("no metrics listener", lambda d: d["static_resources"]["listeners"].pop(1), OK, OK, ""),
+    ("proto-JSON spellings", lambda d: (
+        listener(d).update(freebind="false", per_connection_buffer_limit_bytes={"value": 32768}),
+        listener(d)["address"]["socket_address"].update(port_value="443"),
+        cluster(d).update(connect_timeout={"seconds": 5}, dns_lookup_family=1)), OK, OK, ""),
     ("raw_buffer transport", lambda d: cluster(d).update(transport_socket=proxy_protocol("V2")["typed_config"]["transport_socket"]), OK, OK, ""),
     # Both refuse it.
     ("unknown field", lambda d: socket_address(d).update(bogus=1), REFUSED, REFUSED, "unknown field"),
@@ -129,6 +133,8 @@ VARIANTS: list[tuple[str, Callable[[Document], object], bool, bool, str]] = [
     ("no stat_prefix", lambda d: tcp_proxy_of(d).pop("stat_prefix"), REFUSED, REFUSED, "required"),
     ("no cluster", lambda d: tcp_proxy_of(d).pop("cluster"), REFUSED, REFUSED, "required"),
     ("empty tunnel hostname", lambda d: tunneling(d).update(hostname=""), REFUSED, REFUSED, "required"),
+    ("negative duration", lambda d: cluster(d).update(connect_timeout="-1s"), REFUSED, REFUSED, "expected a duration"),
+    ("duration in hours", lambda d: tcp_proxy_of(d).update(idle_timeout="1h"), REFUSED, REFUSED, "expected a duration"),
     ("EDS without EDS config", lambda d: cluster(d).update(type="EDS"), REFUSED, REFUSED, "EDS: not supported"),
     ("two listeners on one address", lambda d: d["static_resources"]["listeners"].append({**copy.deepcopy(listener(d)), "name": "again"}),
      REFUSED, REFUSED, "a second tcp_proxy listener"),
@@ -160,6 +166,7 @@ VARIANTS: list[tuple[str, Callable[[Document], object], bool, bool, str]] = [
     ("listener on port 0", lambda d: listener(d)["address"]["socket_address"].update(port_value=0), OK, REFUSED, "0 (a port the kernel picks): not supported"),
     ("transparent listener", lambda d: listener(d).update(transparent=True), OK, REFUSED, "true: not supported"),
     ("disk runtime layer", lambda d: d["layered_runtime"]["layers"].append({"name": "disk", "disk_layer": {"symlink_root": "/srv/runtime"}}), OK, REFUSED, "not supported"),
+    ("buffer below 1 KiB", lambda d: listener(d).update(per_connection_buffer_limit_bytes=100), OK, REFUSED, "expected an integer between 1024"),
     ("runtime limit not a number", lambda d: d["layered_runtime"]["layers"][0]["static_layer"].update({"overload.global_downstream_max_connections": "many"}),
      OK, REFUSED, "expected a positive integer"),
     ("no tcp_proxy listener", lambda d: d["static_resources"].update(listeners=[listener(d, 1)]), OK, REFUSED, "no listener with a tcp_proxy filter"),
