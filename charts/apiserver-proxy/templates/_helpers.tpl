@@ -1,0 +1,129 @@
+{{/* Names, labels and the small conversions the templates share. */}}
+
+{{- define "apiserver-proxy.name" -}}apiserver-proxy{{- end }}
+
+{{- define "apiserver-proxy.labels" -}}
+app.kubernetes.io/name: apiserver-proxy
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades; Gardener's own DaemonSet selects on app=apiserver-proxy too. */}}
+{{- define "apiserver-proxy.selectorLabels" -}}
+app: apiserver-proxy
+app.kubernetes.io/name: apiserver-proxy
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "apiserver-proxy.serviceAccountName" -}}
+{{- .Values.serviceAccount.name | default "apiserver-proxy" }}
+{{- end }}
+
+{{- define "apiserver-proxy.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+{{- end }}
+
+{{/* The values every mode needs; `required` names the value to set. */}}
+{{- define "apiserver-proxy.vip" -}}
+{{- required "vip.address is required: the VIP pods reach the API server on, e.g. 240.168.102.23" .Values.vip.address }}
+{{- end }}
+{{- define "apiserver-proxy.upstream" -}}
+{{- required "upstream.address is required: the seed gateway, HOST:PORT" .Values.upstream.address }}
+{{- end }}
+{{- define "apiserver-proxy.destination" -}}
+{{- required "upstream.destination is required: the destination header's value" .Values.upstream.destination }}
+{{- end }}
+
+{{/* The gateway's host and port from upstream.address (HOST:PORT or [IPv6]:PORT). */}}
+{{- define "apiserver-proxy.upstreamHost" -}}
+{{- regexReplaceAll "^\\[?(.*?)\\]?:[0-9]+$" (include "apiserver-proxy.upstream" .) "${1}" }}
+{{- end }}
+{{- define "apiserver-proxy.upstreamPort" -}}
+{{- regexReplaceAll "^.*:([0-9]+)$" (include "apiserver-proxy.upstream" .) "${1}" }}
+{{- end }}
+
+{{/* CONNECT authority: upstream.connectAuthority, else <upstream host>:443 (as Gardener's tunneling hostname). */}}
+{{- define "apiserver-proxy.connectAuthority" -}}
+{{- if .Values.upstream.connectAuthority -}}
+{{ .Values.upstream.connectAuthority }}
+{{- else -}}
+{{- $host := include "apiserver-proxy.upstreamHost" . -}}
+{{- if contains ":" $host }}[{{ $host }}]:443{{ else }}{{ $host }}:443{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* A duration value (the schema allows <n>ms|s|m|h) as an Envoy proto duration, e.g. 1h -> 3600s. */}}
+{{- define "apiserver-proxy.seconds" -}}
+{{- $text := toString . -}}
+{{- $number := regexFind "^[0-9]+" $text -}}
+{{- $unit := trimPrefix $number $text -}}
+{{- $n := int64 $number -}}
+{{- if eq $unit "ms" -}}{{ printf "%.3fs" (divf $n 1000) }}
+{{- else if eq $unit "m" -}}{{ mul $n 60 }}s
+{{- else if eq $unit "h" -}}{{ mul $n 3600 }}s
+{{- else -}}{{ $n }}s
+{{- end }}
+{{- end }}
+
+{{/* Envoy's dns_lookup_family for upstream.dnsFamily. */}}
+{{- define "apiserver-proxy.dnsLookupFamily" -}}
+{{- get (dict "v4" "V4_ONLY" "v6" "V6_ONLY" "auto" "AUTO") .Values.upstream.dnsFamily }}
+{{- end }}
+
+{{/* Capabilities: each container gets only what its job needs. */}}
+{{- define "apiserver-proxy.vipCapabilities" -}}
+- NET_ADMIN
+{{- if .Values.vip.setupIptables }}
+- NET_RAW
+{{- end }}
+{{- end }}
+
+{{- define "apiserver-proxy.securityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+# UID 0 as Gardener's containers: the capabilities below are all it has.
+runAsUser: 0
+runAsNonRoot: false
+capabilities:
+  drop: [ALL]
+  add:
+{{- .capabilities | nindent 4 }}
+{{- end }}
+
+{{/* The sidecar's flags (Go flag syntax), for the init container and the sidecar. */}}
+{{- define "apiserver-proxy.sidecarArgs" -}}
+- --ip-address={{ include "apiserver-proxy.vip" . }}
+- --interface={{ .Values.vip.interface }}
+{{- if .Values.vip.setupIptables }}
+- --setup-iptables=true
+{{- end }}
+{{- end }}
+
+{{- define "apiserver-proxy.probes" -}}
+readinessProbe:
+  httpGet:
+    path: /ready
+    port: {{ .Values.metrics.port }}
+  periodSeconds: {{ .Values.readinessProbe.periodSeconds }}
+  timeoutSeconds: {{ .Values.readinessProbe.timeoutSeconds }}
+  failureThreshold: {{ .Values.readinessProbe.failureThreshold }}
+livenessProbe:
+  httpGet:
+    path: /ready
+    port: {{ .Values.metrics.port }}
+  initialDelaySeconds: {{ .Values.livenessProbe.initialDelaySeconds }}
+  periodSeconds: {{ .Values.livenessProbe.periodSeconds }}
+  timeoutSeconds: {{ .Values.livenessProbe.timeoutSeconds }}
+  failureThreshold: {{ .Values.livenessProbe.failureThreshold }}
+ports:
+  - name: metrics
+    containerPort: {{ .Values.metrics.port }}
+    hostPort: {{ .Values.metrics.port }}
+    protocol: TCP
+{{- end }}

@@ -1,0 +1,268 @@
+"""The Helm chart's rendered manifests: the pod Gardener's node relies on (SPEC §2 "Pod"), each container
+with only its capabilities, values that reach the flags, and the two modes configuring the same tunnel
+(the allInOne flags and the gardenerCompatible envoy.yaml are read by apiproxy's own parsers).
+
+Needs the real helm binary that deploy/install-tools.sh puts in .tools/bin (CI's deploy step runs it
+first); without it these tests are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from apiproxy.cli.run import TunnelOptions
+from apiproxy.config import ConfigError, TunnelConfig
+from apiproxy.envoy.bootstrap import read_bootstrap
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "apiserver-proxy"
+HELM = REPO / ".tools" / "bin" / "helm"
+
+pytestmark = pytest.mark.skipif(not HELM.exists(), reason="no helm: run deploy/install-tools.sh")
+
+GARDENER = {
+    "vip.address": "240.168.102.23",
+    "upstream.address": "api.bar.foo.internal.example.com.:8443",
+    "upstream.destination": "outbound|443||kube-apiserver.shoot--foo--bar.svc.cluster.local",
+}
+
+
+def helm_template(
+    values: str | None = None, strings: dict[str, str] | None = None, sets: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`helm template` with a ci/ value file, `--set-string` values and `--set` items."""
+    args = [str(HELM), "template", "apiserver-proxy", str(CHART), "--namespace", "kube-system"]
+    if values:
+        args += ["--values", str(CHART / "ci" / values)]
+    for key, value in (strings or {}).items():
+        args += ["--set-string", f"{key}={value}"]
+    for item in sets:
+        args += ["--set", item]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def render(
+    values: str | None = None, strings: dict[str, str] | None = None, sets: tuple[str, ...] = ()
+) -> dict[str, dict[str, Any]]:
+    """Renders the chart; returns the manifests by `Kind/name`."""
+    result = helm_template(values, strings, sets)
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in docs}
+
+
+def containers(manifests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    spec = manifests["DaemonSet/apiserver-proxy"]["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec.get("initContainers", []) + spec["containers"]}
+
+
+def flags(container: dict[str, Any]) -> dict[str, list[str]]:
+    """`--name=value` arguments as name -> values (repeatable flags keep their order)."""
+    found: dict[str, list[str]] = {}
+    for arg in container.get("args", []):
+        name, _, value = arg.partition("=")
+        found.setdefault(name, []).append(value)
+    return found
+
+
+def added_capabilities(container: dict[str, Any]) -> set[str]:
+    capabilities = container["securityContext"]["capabilities"]
+    assert capabilities["drop"] == ["ALL"]
+    return set(capabilities["add"])
+
+
+@pytest.mark.parametrize("values", ["all-in-one-values.yaml", "gardener-compatible-values.yaml"])
+def test_the_pod_is_what_gardener_nodes_expect(values: str) -> None:
+    manifests = render(values)
+    daemonset = manifests["DaemonSet/apiserver-proxy"]
+    pod = daemonset["spec"]["template"]["spec"]
+    assert daemonset["metadata"]["namespace"] == "kube-system"
+    assert pod["hostNetwork"] is True
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in containers(manifests).values():
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["runAsUser"] == 0
+        assert "limits" not in container["resources"], container["name"]
+    proxy = containers(manifests)["proxy"]
+    assert proxy["resources"]["requests"] == {"cpu": "5m", "memory": "30Mi"}
+    assert proxy["ports"] == [
+        {"name": "metrics", "containerPort": 16910, "hostPort": 16910, "protocol": "TCP"}
+    ]
+    readiness, liveness = proxy["readinessProbe"], proxy["livenessProbe"]
+    assert readiness["httpGet"] == liveness["httpGet"] == {"path": "/ready", "port": 16910}
+    assert (readiness["periodSeconds"], readiness["timeoutSeconds"]) == (2, 1)
+    assert (liveness["periodSeconds"], liveness["timeoutSeconds"]) == (10, 1)
+    service = manifests["Service/apiserver-proxy"]["spec"]
+    assert service["clusterIP"] == "None"
+    assert service["ports"][0]["name"] == "metrics"
+    assert service["selector"].items() <= pod_labels(daemonset).items()
+
+
+def pod_labels(daemonset: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = daemonset["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_all_in_one_runs_one_container_with_the_vip_and_the_port_443_capabilities() -> None:
+    manifests = render("all-in-one-values.yaml")
+    assert list(containers(manifests)) == ["proxy"]
+    proxy = containers(manifests)["proxy"]
+    assert proxy["command"] == ["apiproxy", "run"]
+    assert added_capabilities(proxy) == {"NET_ADMIN", "NET_BIND_SERVICE"}
+    args = flags(proxy)
+    assert args["--ip-address"] == ["240.168.102.23"]
+    assert args["--interface"] == ["apiserver-proxy"]
+    assert args["--destination-header"] == ["X-Gardener-Destination"]
+    assert args["--metrics-address"] == ["0.0.0.0:16910", "[::]:16910"]
+    assert "ConfigMap/apiserver-proxy-config" not in manifests
+
+
+def test_gardener_compatible_is_gardeners_layout_with_each_container_holding_only_its_capability() -> None:
+    manifests = render("gardener-compatible-values.yaml")
+    by_name = containers(manifests)
+    assert list(by_name) == ["setup", "sidecar", "proxy"]
+    setup, sidecar, proxy = by_name["setup"], by_name["sidecar"], by_name["proxy"]
+    assert setup["command"] == sidecar["command"] == ["apiserver-proxy-sidecar"]
+    assert flags(setup)["--daemon"] == ["false"]
+    assert flags(sidecar)["--daemon"] == ["true"]
+    assert flags(sidecar)["--ip-address"] == ["240.168.102.23"]
+    assert added_capabilities(setup) == added_capabilities(sidecar) == {"NET_ADMIN"}
+    assert added_capabilities(proxy) == {"NET_BIND_SERVICE"}
+    assert proxy["command"] == [
+        "envoy",
+        "--concurrency",
+        "2",
+        "--use-dynamic-base-id",
+        "-c",
+        "/etc/apiserver-proxy/envoy.yaml",
+    ]
+    mounts = {m["name"]: m["mountPath"] for m in proxy["volumeMounts"]}
+    assert mounts == {"envoy-config": "/etc/apiserver-proxy", "admin-uds": "/etc/admin-uds"}
+    annotations = manifests["DaemonSet/apiserver-proxy"]["spec"]["template"]["metadata"]["annotations"]
+    assert len(annotations["checksum/envoy-config"]) == 64  # a new envoy.yaml rolls the pods
+
+
+def envoy_tunnel(manifests: dict[str, dict[str, Any]]) -> tuple[TunnelConfig, int]:
+    text = manifests["ConfigMap/apiserver-proxy-config"]["data"]["envoy.yaml"]
+    config = read_bootstrap(text).config
+    return config.tunnel, config.listener.max_connections
+
+
+def flags_tunnel(manifests: dict[str, dict[str, Any]]) -> tuple[TunnelConfig, int]:
+    args = flags(containers(manifests)["proxy"])
+
+    def one(flag: str) -> str:
+        (value,) = args[flag]
+        return value
+
+    options = TunnelOptions(
+        upstream=one("--upstream"),
+        connect_authority=one("--connect-authority"),
+        destination=one("--destination"),
+        destination_header=args["--destination-header"],
+        upstream_protocol="connect",
+        dns_family=one("--dns-family"),
+        dns_refresh=one("--dns-refresh"),
+        connect_timeout=one("--connect-timeout"),
+        connect_answer_timeout=one("--connect-answer-timeout"),
+        idle_timeout=one("--idle-timeout"),
+        tcp_keepalive_time=one("--tcp-keepalive-time"),
+        tcp_keepalive_interval=one("--tcp-keepalive-interval"),
+        buffer_size=one("--buffer-size"),
+    )
+    return options.build(), int(one("--max-connections"))
+
+
+# Envoy has no CONNECT-answer timeout: apiproxy's envoy applies its own default there.
+_NOT_IN_ENVOY_YAML = {"connect_answer_timeout"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {
+            "upstream.address": "[fd00::1]:8132",
+            "upstream.connectAuthority": "api.example.com.:443",
+            "upstream.dnsFamily": "v6",
+            "upstream.dnsRefresh": "500ms",
+            "upstream.destination": "shoot--foo--bar--kube-apiserver-socket",
+            "timeouts.connect": "2s",
+            "timeouts.idle": "30m",
+            "tcpKeepalive.time": "2h",
+            "tcpKeepalive.interval": "1m",
+        },
+    ],
+    ids=["gardener-defaults", "every-knob-changed"],
+)
+def test_both_modes_configure_the_same_tunnel(values: dict[str, str]) -> None:
+    settings = {**GARDENER, **values}
+    extra = (
+        "upstream.destinationHeaders={X-Gardener-Destination,Reversed-VPN}",
+        "bufferSize=65536",
+        "maxConnections=2048",
+    )
+    all_in_one = render(strings=settings, sets=extra)
+    gardener = render(strings={**settings, "mode": "gardenerCompatible"}, sets=extra)
+    from_flags, flags_limit = flags_tunnel(all_in_one)
+    from_envoy, envoy_limit = envoy_tunnel(gardener)
+    assert flags_limit == envoy_limit == 2048
+    for field in TunnelConfig.__dataclass_fields__:
+        if field not in _NOT_IN_ENVOY_YAML:
+            assert getattr(from_flags, field) == getattr(from_envoy, field), field
+    assert from_flags.connect_headers == (
+        ("X-Gardener-Destination", settings["upstream.destination"]),
+        ("Reversed-VPN", settings["upstream.destination"]),
+    )
+
+
+def test_iptables_rules_add_net_raw_and_share_the_hosts_xtables_lock() -> None:
+    manifests = render("all-in-one-full-values.yaml")
+    proxy = containers(manifests)["proxy"]
+    assert added_capabilities(proxy) == {"NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"}
+    assert flags(proxy)["--setup-iptables"] == [""]
+    assert {"name": "xtables-lock", "mountPath": "/run/xtables.lock"} in proxy["volumeMounts"]
+    assert "ServiceMonitor/apiserver-proxy" in manifests
+    assert proxy["resources"]["limits"] == {"memory": "200Mi"}  # limits only when asked for
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"upstream.address": GARDENER["upstream.address"], "upstream.destination": "x"},
+            "vip.address is required",
+        ),
+        ({"vip.address": "240.168.102.23", "upstream.destination": "x"}, "upstream.address is required"),
+        (
+            {**GARDENER, "upstream.destination": "a\r\nX-Injected: 1"},
+            "upstream.destination: Does not match pattern",
+        ),
+        ({**GARDENER, "timeouts.idle": "1d"}, "timeouts.idle: Does not match pattern"),
+        ({**GARDENER, "vip.address": "240.168.102"}, "vip.address"),
+        ({**GARDENER, "mode": "sidecarOnly"}, "mode: mode must be one of"),
+        ({**GARDENER, "upstream.destinationHeaders[0]": "Bad Header"}, "destinationHeaders.0"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_value(settings: dict[str, str], message: str) -> None:
+    result = helm_template(strings=settings)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_the_flags_apiproxy_refuses_never_render() -> None:
+    """A value the schema lets through must also pass apiproxy's own parser (no CrashLoop on a node)."""
+    manifests = render(strings={**GARDENER, "timeouts.connect": "250ms"})
+    try:
+        flags_tunnel(manifests)
+    except ConfigError as error:  # pragma: no cover - the assertion message is the point
+        pytest.fail(f"apiproxy refuses the rendered flags: {error}")
