@@ -3,7 +3,9 @@
 # its three entry points answer, the entry point hands flag-only args to the sidecar, the OCI labels are
 # set, no build leftovers (pip, caches, tests, build secrets) are inside, and - as root in a network
 # namespace of its own, with NET_ADMIN as the only capability - one `apiserver-proxy-sidecar
-# --daemon=false` pass puts the VIP on the interface.
+# --daemon=false` pass puts the VIP on the interface. Given the chart's rendered envoy.yaml, the image's
+# `envoy` validates it and then serves it as Gardener starts it, with NET_BIND_SERVICE only: VIP:443
+# bound, /ready 200 on 16910, exit 0 on SIGTERM.
 # Usage: deploy/check-image.sh [rendered envoy.yaml to validate inside the image]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -13,6 +15,10 @@ ns=apiproxy-image-$$
 vip=240.168.102.23
 ctr=$(buildah "${buildah_args[@]}" from -q "$image")
 cleanup() {
+  # Whatever still runs in the namespace was started here (buildah run and its child).
+  if [ -e "/run/netns/$ns" ]; then
+    for pid in $(ip netns pids "$ns"); do kill -KILL "$pid" 2>/dev/null || true; done
+  fi
   buildah "${buildah_args[@]}" rm "$ctr" >/dev/null 2>&1 || true
   ip netns del "$ns" 2>/dev/null || true
 }
@@ -22,11 +28,15 @@ fail() {
   exit 1
 }
 
-# Only the capabilities given (buildah 1.28 keeps none after --cap-drop all, so drop its defaults by name).
-only_caps=()
-for cap in CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT SETFCAP; do
-  only_caps+=(--cap-drop "CAP_$cap")
-done
+# Only the capabilities given (buildah 1.28 keeps none after --cap-drop all, so drop its defaults by name;
+# a capability both dropped and added stays dropped).
+caps_but() {
+  local cap
+  for cap in CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT SETFCAP; do
+    [[ " $* " == *" $cap "* ]] || printf -- '--cap-drop\nCAP_%s\n' "$cap"
+  done
+}
+mapfile -t only_caps < <(caps_but)
 in_image() { buildah "${buildah_args[@]}" run --isolation chroot "${only_caps[@]}" "$@"; }
 
 for command in "apiproxy --help" "apiproxy run --help" "apiserver-proxy-sidecar --help" "envoy --help" "envoy --version"; do
@@ -75,3 +85,72 @@ ip netns exec "$ns" buildah "${buildah_args[@]}" run --isolation chroot "${only_
 ip -n "$ns" -o addr show dev lo | grep -q "inet $vip/32 scope global" \
   || fail "the sidecar pass did not add $vip/32 to lo: $(ip -n "$ns" -o addr show dev lo)"
 echo "check-image: apiserver-proxy-sidecar --daemon=false with NET_ADMIN only added $vip/32 to lo"
+
+# serve NAME MATCH CAP... -- COMMAND...: runs COMMAND in the image inside $ns with only the CAPs, waits
+# for /ready 200 and VIP:443 bound, then SIGTERMs the process whose command line matches MATCH (not
+# buildah) and expects exit 0 after the drain.
+serve() {
+  local name=$1 match=$2 caps=() cap
+  shift 2
+  while [ "$1" != -- ]; do caps+=("$1"); shift; done
+  shift
+  mapfile -t drop < <(caps_but "${caps[@]}")
+  local add=()
+  for cap in "${caps[@]}"; do add+=(--cap-add "CAP_$cap"); done
+  local log mask=0 bit
+  log=$(mktemp)
+  ip netns exec "$ns" buildah "${buildah_args[@]}" run --isolation chroot "${drop[@]}" "${add[@]}" "$ctr" -- "$@" >"$log" 2>&1 &
+  local runner=$! ready="" code
+  for _ in $(seq 1 50); do
+    kill -0 "$runner" 2>/dev/null || break
+    code=$(ip netns exec "$ns" curl -s -o /dev/null -w '%{http_code}' --max-time 1 http://127.0.0.1:16910/ready || true)
+    if [ "$code" = 200 ]; then ready=yes && break; fi
+    sleep 0.2
+  done
+  [ -n "$ready" ] || fail "$name did not get ready on :16910: $(tail -5 "$log")"
+  ip netns exec "$ns" ss -Hltn "sport = :443" | grep -q "$vip:443" || fail "$name: nothing listens on $vip:443"
+  local proxy="" pid
+  for pid in $(ip netns pids "$ns"); do
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$match"; then proxy=$pid; fi
+  done
+  [ -n "$proxy" ] || fail "$name: no process matching '$match' in $ns"
+  declare -A bits=([NET_BIND_SERVICE]=10 [NET_ADMIN]=12 [NET_RAW]=13)
+  for cap in "${caps[@]}"; do bit=${bits[$cap]}; mask=$((mask | (1 << bit))); done
+  [ "$((16#$(awk '/^CapEff/{print $2}' "/proc/$proxy/status")))" = "$mask" ] \
+    || fail "$name runs with capabilities other than ${caps[*]}: $(grep CapEff "/proc/$proxy/status")"
+  kill -TERM "$proxy"
+  local status=0
+  wait "$runner" || status=$?
+  [ "$status" = 0 ] || fail "$name exited $status on SIGTERM: $(tail -5 "$log")"
+  rm -f "$log"
+  echo "check-image: $name: $vip:443 bound with ${caps[*]} only, /ready 200, exit 0 on SIGTERM"
+}
+
+# The allInOne container as the chart renders it (its interface becomes lo: no dummy links here), in a
+# namespace without the VIP: apiproxy adds it itself.
+all_in_one=$tools/chart-out/all-in-one.yaml
+if [ -f "$all_in_one" ]; then
+  mapfile -t command < <("$repo/.venv/bin/python" - "$all_in_one" <<'PY'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc["kind"] == "DaemonSet":
+        (proxy,) = [c for c in doc["spec"]["template"]["spec"]["containers"] if c["name"] == "proxy"]
+        for word in proxy["command"] + proxy["args"]:
+            print("--interface=lo" if word.startswith("--interface=") else word)
+PY
+  )
+  ip netns del "$ns"
+  ip netns add "$ns"
+  ip netns exec "$ns" ip link set lo up
+  serve "the chart's allInOne apiproxy run" "bin/apiproxy run" NET_ADMIN NET_BIND_SERVICE -- "${command[@]}"
+fi
+
+[ -n "$envoy_yaml" ] || exit 0
+# Gardener's proxy container: its command line, the rendered envoy.yaml, NET_BIND_SERVICE only; the VIP
+# is there from the sidecar pass.
+ip netns del "$ns"
+ip netns add "$ns"
+ip netns exec "$ns" buildah "${buildah_args[@]}" run --isolation chroot "${only_caps[@]}" --cap-add CAP_NET_ADMIN \
+  "$ctr" -- apiserver-proxy-sidecar --ip-address="$vip" --interface=lo --daemon=false 2>/dev/null
+serve "the image's envoy with the chart's envoy.yaml" "bin/envoy --concurrency" NET_BIND_SERVICE -- \
+  envoy --concurrency 2 --use-dynamic-base-id -c /tmp/envoy.yaml
