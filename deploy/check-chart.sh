@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks charts/apiserver-proxy: helm lint --strict and helm template for each mode and each value file
+# Checks charts/apiserver-proxy: its README's values table is current, helm lint --strict and helm template for each mode and each value file
 # in its ci/ folder, every manifest validated by kubernetes-validate --strict (the current Kubernetes and
 # the oldest the chart allows), the chart's tests (tests/deploy), and each rendered envoy.yaml
 # (gardenerCompatible) validated by the real Envoy and by apiproxy's own `envoy`.
@@ -14,6 +14,7 @@ kube_versions=(1.37.0 1.27.0)
 out=$tools/chart-out
 rm -rf "$out" && mkdir -p "$out"
 
+"$repo/.venv/bin/python" "$repo/deploy/chart_readme.py" --check "$chart"
 # Without values the required ones are missing: lint still checks the rest (and says so at INFO level).
 lint=$("$helm" lint --strict --quiet "$chart" 2>&1) || { echo "$lint" >&2; exit 1; }
 for values in "$chart"/ci/*-values.yaml; do
