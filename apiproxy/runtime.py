@@ -82,10 +82,13 @@ async def serve(
     """Serve until a signal, then drain. Returns the exit status."""
     loop = asyncio.get_running_loop()
     shutdown = Shutdown(loop)
-    soft, _ = raise_fd_limit()
-    log.info("file descriptor limit: %d", soft)
     services = services or []
     started: list[Service] = []
+    # Bind first: a listen address that cannot be used is a configuration error, reported before any
+    # service (monitoring port, VIP reconciler) has started and would have to be undone.
+    await server.bind()
+    soft, _ = raise_fd_limit()
+    log.info("file descriptor limit: %d", soft)
     try:
         for service in services:
             await service.start()
@@ -102,8 +105,8 @@ async def serve(
         for service in reversed(started):
             try:
                 await service.stop()
-            except Exception:
-                log.exception("stopping %s failed", type(service).__name__)
+            except Exception as error:
+                log.error("stopping %s failed: %s", type(service).__name__, error)
     return 0
 
 

@@ -85,6 +85,7 @@ class ProxyServer:
         # Exists before start(), so services started earlier (monitoring) can hook into it.
         self.context = TunnelContext(tunnel, listener.max_connections, observer or NullObserver())
         self._server: asyncio.Server | None = None
+        self._socket: socket.socket | None = None
         self.address: tuple[Any, ...] | None = None
 
     @property
@@ -107,7 +108,8 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         context = self.context
         context.loop = loop
-        sock = await self._listening_socket()
+        sock = self._socket or await self._listening_socket()
+        self._socket = None
         self._server = await loop.create_server(
             lambda: Tunnel(context), sock=sock, backlog=self.listener_config.backlog
         )
@@ -118,6 +120,12 @@ class ProxyServer:
             self.tunnel_config.upstream,
             self.tunnel_config.upstream_protocol.value,
         )
+
+    async def bind(self) -> None:
+        """Resolve and bind the listen address (not yet accepting). Raises ConfigError if it can't."""
+        if self._socket is None:
+            self._socket = await self._listening_socket()
+            self.address = self._socket.getsockname()
 
     async def _listening_socket(self) -> socket.socket:
         listen = self.listener_config.listen

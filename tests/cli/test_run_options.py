@@ -1,0 +1,87 @@
+"""`apiproxy run` option errors: one line naming the option, the value and what is expected; exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+BASE = [
+    "--listen",
+    "127.0.0.1:1",
+    "--upstream",
+    "gw.example.:8443",
+    "--destination",
+    "outbound|443||x.svc.cluster.local",
+]
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("APIPROXY_")}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "apiproxy", "run", *args],
+        capture_output=True, text=True, timeout=30, env=environment, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--listen", "127.0.0.1:0", "--destination", "x"], "--upstream: expected HOST:PORT of the seed gateway (required), got ''"),
+        ([*BASE, "--upstream", "api.example"], "--upstream: expected HOST:PORT (IPv6 as [ADDRESS]:PORT), got 'api.example'"),
+        ([*BASE, "--upstream", "gw:70000"], "--upstream: expected HOST:PORT (IPv6 as [ADDRESS]:PORT) with a port between 1 and 65535, got 'gw:70000'"),
+        ([*BASE, "--destination", "a\r\nX-Evil: 1"], "--destination: expected a non-empty HTTP header value"),
+        ([*BASE, "--destination-header", "X Bad"], "--destination-header: expected an HTTP header name"),
+        ([*BASE, "--connect-authority", "x:1\r\nHost: evil"], "--connect-authority: expected HOST:PORT"),
+        ([*BASE, "--idle-timeout", "5q"], "--idle-timeout: expected a duration such as 5s"),
+        ([*BASE, "--connect-timeout", "0"], "--connect-timeout: expected a duration greater than zero, got '0'"),
+        ([*BASE, "--buffer-size", "32XB"], "--buffer-size: expected a size between 1024 and"),
+        ([*BASE, "--max-connections", "many"], "--max-connections: expected an integer between 1 and 1000000, got 'many'"),
+        ([*BASE, "--upstream-protocol", "socks"], "--upstream-protocol: expected one of connect, proxy-protocol-v2, got 'socks'"),
+        ([*BASE, "--dns-family", "v5"], "--dns-family: expected one of auto, v4, v6, got 'v5'"),
+        ([*BASE, "--tcp-keepalive-time", "0.5s"], "--tcp-keepalive-time: expected a duration between 1s and 32767s"),
+        (["--upstream", "gw:1", "--destination", "x"], "--listen: expected HOST:PORT to accept on, or --ip-address"),
+        ([*BASE, "--ip-address", "10.96.0"], "--ip-address: expected an IPv4 or IPv6 address, got '10.96.0'"),
+        ([*BASE, "--listen", "no-such-host.invalid:443"], "--listen: expected an address this host can resolve"),
+        ([*BASE, "--log-format", "xml"], "--log-format: expected text or json, got 'xml'"),
+    ],
+)  # fmt: skip
+def test_bad_values_exit_2_with_one_line(args: list[str], expected: str) -> None:
+    result = run(args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_option_is_one_line_too() -> None:
+    result = run([*BASE, "--bogus"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--bogus" in result.stderr
+
+
+def test_environment_variables_set_options_and_are_validated_alike() -> None:
+    result = run(BASE, env={"APIPROXY_IDLE_TIMEOUT": "forever"})
+    assert result.returncode == 2
+    assert "--idle-timeout: expected a duration" in result.stderr and "'forever'" in result.stderr
+
+
+def test_listen_address_in_use_is_a_config_error() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run([*BASE, "--listen", f"127.0.0.1:{port}", "--metrics-address", "off"])
+    assert result.returncode == 2
+    assert (
+        f"--listen: expected an address this host can listen on (Address already in use), got '127.0.0.1:{port}'"
+        in result.stderr
+    )

@@ -1,0 +1,111 @@
+"""The loopback world of the data-path tests: TLS backends <- real Envoy seed gateway <- `apiproxy run`.
+
+Backends run on a loop thread; Envoy and apiproxy are child processes ended by PID, also on failure.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from apiproxy.lab.backend import EchoServer, KubeAPIStub
+from apiproxy.lab.certs import LabCertificates, make_certificates
+from apiproxy.lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig, free_port, start_gateway
+from apiproxy.lab.loop_thread import LoopThread
+from apiproxy.lab.proxy import ApiproxyProcess
+
+KUBE_DESTINATION = "outbound|443||kube-apiserver.shoot--foo--kube.svc.cluster.local"
+RESET_DESTINATION = "outbound|443||kube-apiserver.shoot--foo--reset.svc.cluster.local"
+
+
+@dataclass
+class World:
+    certs: LabCertificates
+    loop: LoopThread
+    gateway: EnvoyProcess
+    gateway_port: int
+    echo_port: int
+    kube_port: int
+    reset_port: int
+
+
+async def _start_reset_backend() -> int:
+    """Accepts, reads a little, then resets the connection (SO_LINGER 0): a backend that dies mid-tunnel."""
+    import asyncio
+    import struct
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return int(server.sockets[0].getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> LabCertificates:
+    return make_certificates(Path(tmp_path_factory.mktemp("certs")))
+
+
+@pytest.fixture(scope="module")
+def world(certs: LabCertificates) -> Iterator[World]:
+    with LoopThread() as loop:
+        echo_port = loop.run(EchoServer(certs.server_context()).start())
+        kube_port = loop.run(KubeAPIStub(certs.server_context()).start())
+        reset_port = loop.run(_start_reset_backend())
+        config = GatewayConfig(
+            clusters={
+                DESTINATION: ("127.0.0.1", echo_port),
+                KUBE_DESTINATION: ("127.0.0.1", kube_port),
+                RESET_DESTINATION: ("127.0.0.1", reset_port),
+            },
+            legacy_reversed_vpn=True,
+        )
+        gateway = start_gateway(config)
+        try:
+            yield World(certs, loop, gateway, config.port, echo_port, kube_port, reset_port)
+        finally:
+            gateway.stop()
+
+
+@dataclass
+class RunningProxy:
+    process: ApiproxyProcess
+    port: int
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+
+class StartProxy(Protocol):
+    def __call__(self, *extra: str, destination: str = ..., upstream: str = ...) -> RunningProxy: ...
+
+
+@pytest.fixture
+def start_proxy(world: World) -> Iterator[StartProxy]:
+    """Starts `apiproxy run` in front of the world's gateway; every process is ended after the test."""
+    started: list[ApiproxyProcess] = []
+
+    def start(*extra: str, destination: str = DESTINATION, upstream: str = "") -> RunningProxy:
+        port = free_port()
+        args = [
+            "run", "--listen", f"127.0.0.1:{port}",
+            "--upstream", upstream or f"127.0.0.1:{world.gateway_port}",
+            "--destination", destination, "--metrics-address", "off", *extra,
+        ]  # fmt: skip
+        process = ApiproxyProcess(args)
+        started.append(process)
+        return RunningProxy(process.start(), port)
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.cleanup()

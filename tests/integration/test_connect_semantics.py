@@ -1,0 +1,222 @@
+"""What no real gateway lets us observe, shown with scripted CONNECT servers on loopback:
+
+- a server that withholds its answer proves no client byte is forwarded before the 2xx (Envoy
+  CVE-2025-64763) and that bytes the client sent meanwhile arrive, in order, after it;
+- a server that carries half-close proves a client FIN reaches the upstream and the full reply still
+  comes back, and an upstream FIN reaches the client while the client keeps sending;
+- a server that speaks right behind its 200 proves those bytes reach the client;
+- a PROXY v2 listener proves the legacy header's addresses.
+The real Envoy gateway can do none of these (it ends the tunnel on a client FIN and answers at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+
+from apiproxy.lab.gateway import free_port
+from apiproxy.lab.loop_thread import LoopThread
+from apiproxy.lab.proxy import ApiproxyProcess
+from apiproxy.proxy_protocol import SIGNATURE
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    with LoopThread() as thread:
+        yield thread
+
+
+@pytest.fixture
+def serve_through_proxy(loop_thread: LoopThread) -> Iterator[Callable[..., int]]:
+    """Starts a scripted gateway and `apiproxy run` in front of it; returns the proxy's port."""
+    processes: list[ApiproxyProcess] = []
+
+    def start(handler: Handler, *extra: str) -> int:
+        async def listen() -> int:
+            server = await asyncio.start_server(handler, "127.0.0.1", 0)
+            return int(server.sockets[0].getsockname()[1])
+
+        gateway_port = loop_thread.run(listen())
+        port = free_port()
+        process = ApiproxyProcess([
+            "run", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{gateway_port}",
+            "--destination", "outbound|443||kube-apiserver.shoot--foo--bar.svc.cluster.local",
+            "--metrics-address", "off", *extra,
+        ])  # fmt: skip
+        processes.append(process)
+        process.start()
+        return port
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            process.cleanup()
+
+
+def test_no_client_byte_before_the_answer_and_all_of_them_after(
+    serve_through_proxy: Callable[..., int],
+) -> None:
+    seen_before_answer: list[bytes] = []
+    seen_after_answer: list[bytes] = []
+    answered = asyncio.Event()
+
+    async def withholding(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        assert head.startswith(b"CONNECT ")
+        # Hold the answer while the client talks; anything readable now was forwarded too early.
+        try:
+            early = await asyncio.wait_for(reader.read(65536), 0.8)
+            seen_before_answer.append(early)
+        except TimeoutError:
+            pass
+        writer.write(OK)
+        answered.set()
+        data = b""
+        while len(data) < 3 * 1000:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            data += chunk
+        seen_after_answer.append(data)
+        writer.write(b"echo:" + data)
+        await writer.drain()
+        writer.close()
+
+    port = serve_through_proxy(withholding)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for part in (b"a" * 1000, b"b" * 1000, b"c" * 1000):
+            sock.sendall(part)
+            time.sleep(0.1)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert seen_before_answer == []
+    assert seen_after_answer == [b"a" * 1000 + b"b" * 1000 + b"c" * 1000]
+    assert reply == b"echo:" + seen_after_answer[0]
+
+
+def test_client_fin_reaches_the_upstream_and_the_full_reply_comes_back(
+    serve_through_proxy: Callable[..., int],
+) -> None:
+    async def half_close_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(OK)
+        request = await reader.read(-1)  # until the client's FIN
+        reply = f"got {len(request)} bytes; ".encode() + bytes(reversed(request)) * 100
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    port = serve_through_proxy(half_close_server)
+    request = b"0123456789" * 1000
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply == b"got 10000 bytes; " + bytes(reversed(request)) * 100
+
+
+def test_upstream_fin_reaches_the_client_which_can_still_send(
+    serve_through_proxy: Callable[..., int],
+) -> None:
+    received_after_fin: list[bytes] = []
+
+    async def closes_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(OK + b"bye")
+        writer.write_eof()  # our direction is done; theirs is not
+        received_after_fin.append(await reader.read(-1))
+        writer.close()
+
+    port = serve_through_proxy(closes_first)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        assert data == b"bye"  # then EOF, while our side stays open
+        sock.sendall(b"still talking")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1) == b""
+    deadline = time.monotonic() + 5
+    while not received_after_fin and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert received_after_fin == [b"still talking"]
+
+
+def test_bytes_behind_the_200_in_the_same_segment_reach_the_client(
+    serve_through_proxy: Callable[..., int],
+) -> None:
+    async def eager(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(OK + b"server speaks first")
+        await writer.drain()
+        await reader.read(-1)
+        writer.close()
+
+    port = serve_through_proxy(eager)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        data = b""
+        while len(data) < len(b"server speaks first"):
+            chunk = sock.recv(65536)
+            assert chunk
+            data += chunk
+    assert data == b"server speaks first"
+
+
+def test_the_connect_request_is_exactly_the_configured_one(serve_through_proxy: Callable[..., int]) -> None:
+    heads: list[bytes] = []
+
+    async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await read_head(reader))
+        writer.write(OK)
+        await reader.read(-1)
+        writer.close()
+
+    port = serve_through_proxy(recorder, "--connect-authority", "api.bar.foo.internal.example.com.:443")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"CONNECT evil.example:443 HTTP/1.1\r\nX-Gardener-Destination: evil\r\n\r\n")
+        time.sleep(0.2)
+    assert heads == [
+        b"CONNECT api.bar.foo.internal.example.com.:443 HTTP/1.1\r\n"
+        b"Host: api.bar.foo.internal.example.com.:443\r\n"
+        b"X-Gardener-Destination: outbound|443||kube-apiserver.shoot--foo--bar.svc.cluster.local\r\n\r\n"
+    ]
+
+
+def test_proxy_protocol_v2_mode_sends_client_and_listen_addresses(
+    serve_through_proxy: Callable[..., int],
+) -> None:
+    headers: list[bytes] = []
+
+    async def proxy_v2_listener(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        fixed = await reader.readexactly(16)
+        body = await reader.readexactly(struct.unpack("!H", fixed[14:16])[0])
+        headers.append(fixed + body)
+        writer.write(b"hello from the gateway")
+        await writer.drain()
+        await reader.read(-1)
+        writer.close()
+
+    port = serve_through_proxy(proxy_v2_listener, "--upstream-protocol", "proxy-protocol-v2")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        client_port = sock.getsockname()[1]
+        assert sock.recv(100) == b"hello from the gateway"
+    header = headers[0]
+    assert header[:12] == SIGNATURE and header[12:14] == b"\x21\x11"
+    assert header[16:20] == socket.inet_aton("127.0.0.1") == header[20:24]
+    assert struct.unpack("!HH", header[24:28]) == (client_port, port)
