@@ -24,7 +24,7 @@ def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
     environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "apiproxy", "run", *args],
-        capture_output=True, text=True, timeout=30, env=environment, stdin=subprocess.DEVNULL,
+        check=False, capture_output=True, text=True, timeout=30, env=environment, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
 
