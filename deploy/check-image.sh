@@ -4,9 +4,12 @@
 # set, no build leftovers (pip, caches, tests, build secrets) are inside, and - as root in a network
 # namespace of its own, with NET_ADMIN as the only capability - one `apiserver-proxy-sidecar
 # --daemon=false` pass puts the VIP on the interface. Given the chart's rendered envoy.yaml, the image's
-# `envoy` validates it and then serves it as Gardener starts it, with NET_BIND_SERVICE only: VIP:443
-# bound, /ready 200 on 16910, exit 0 on SIGTERM.
-# Usage: deploy/check-image.sh [rendered envoy.yaml to validate inside the image]
+# `envoy` validates it; and the chart's two proxy containers (allInOne `apiproxy run` with the rendered
+# flags, gardenerCompatible `envoy` with Gardener's command line and the rendered envoy.yaml) run from the
+# image as their pod runs them: read-only root, only their capabilities, VIP:443 bound, /ready 200,
+# exit 0 on SIGTERM.
+# Usage: deploy/check-image.sh [the rendered gardenerCompatible envoy.yaml]
+# (the allInOne command comes from .tools/chart-out/all-in-one.yaml when check-chart.sh left it there)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -15,7 +18,7 @@ ns=apiproxy-image-$$
 vip=240.168.102.23
 ctr=$(buildah "${buildah_args[@]}" from -q "$image")
 cleanup() {
-  # Whatever still runs in the namespace was started here (buildah run and its child).
+  # Whatever still runs in the namespace was started here.
   if [ -e "/run/netns/$ns" ]; then
     for pid in $(ip netns pids "$ns"); do kill -KILL "$pid" 2>/dev/null || true; done
   fi
@@ -28,15 +31,12 @@ fail() {
   exit 1
 }
 
-# Only the capabilities given (buildah 1.28 keeps none after --cap-drop all, so drop its defaults by name;
-# a capability both dropped and added stays dropped).
-caps_but() {
-  local cap
-  for cap in CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT SETFCAP; do
-    [[ " $* " == *" $cap "* ]] || printf -- '--cap-drop\nCAP_%s\n' "$cap"
-  done
-}
-mapfile -t only_caps < <(caps_but)
+# No capabilities unless added (buildah 1.28 keeps none at all after --cap-drop all, even added ones, so
+# its defaults are dropped by name).
+only_caps=()
+for cap in CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT SETFCAP; do
+  only_caps+=(--cap-drop "CAP_$cap")
+done
 in_image() { buildah "${buildah_args[@]}" run --isolation chroot "${only_caps[@]}" "$@"; }
 
 for command in "apiproxy --help" "apiproxy run --help" "apiserver-proxy-sidecar --help" "envoy --help" "envoy --version"; do
@@ -86,20 +86,36 @@ ip -n "$ns" -o addr show dev lo | grep -q "inet $vip/32 scope global" \
   || fail "the sidecar pass did not add $vip/32 to lo: $(ip -n "$ns" -o addr show dev lo)"
 echo "check-image: apiserver-proxy-sidecar --daemon=false with NET_ADMIN only added $vip/32 to lo"
 
-# serve NAME MATCH CAP... -- COMMAND...: runs COMMAND in the image inside $ns with only the CAPs, waits
-# for /ready 200 and VIP:443 bound, then SIGTERMs the process whose command line matches MATCH (not
-# buildah) and expects exit 0 after the drain.
+# serve NAME CAP... -- COMMAND...: runs COMMAND from the image inside $ns the way the chart's pod does -
+# read-only root file system, the image's environment, UID 0 with only the CAPs - waits for /ready 200
+# and VIP:443 bound, then SIGTERMs it and expects exit 0 after the drain. (A private mount namespace
+# holds the read-only view; setpriv, from the image's util-linux, narrows the capabilities.)
 serve() {
-  local name=$1 match=$2 caps=() cap
-  shift 2
+  local name=$1 caps=() cap
+  shift
   while [ "$1" != -- ]; do caps+=("$1"); shift; done
   shift
-  mapfile -t drop < <(caps_but "${caps[@]}")
-  local add=()
-  for cap in "${caps[@]}"; do add+=(--cap-add "CAP_$cap"); done
-  local log mask=0 bit
+  local bounding=-all mask=0
+  declare -A bits=([NET_BIND_SERVICE]=10 [NET_ADMIN]=12 [NET_RAW]=13)
+  for cap in "${caps[@]}"; do
+    bounding+=",+${cap,,}"
+    mask=$((mask | (1 << ${bits[$cap]})))
+  done
+  local mnt ro log env
+  mnt=$(buildah "${buildah_args[@]}" mount "$ctr")
+  ro=$(mktemp -d)
   log=$(mktemp)
-  ip netns exec "$ns" buildah "${buildah_args[@]}" run --isolation chroot "${drop[@]}" "${add[@]}" "$ctr" -- "$@" >"$log" 2>&1 &
+  mapfile -t env < <(buildah "${buildah_args[@]}" inspect --type image \
+    --format '{{range .OCIv1.Config.Env}}{{println .}}{{end}}' "$image" | grep .)
+  # shellcheck disable=SC2016 # expanded by the inner sh
+  ip netns exec "$ns" env -i "${env[@]}" unshare --mount --propagation private sh -c '
+    set -e
+    mount --bind "$1" "$2" && mount -o remount,bind,ro "$2"
+    mount -t proc proc "$2/proc" && mount --rbind /dev "$2/dev"
+    root=$2 bounding=$3
+    shift 3
+    exec chroot "$root" /usr/bin/setpriv --bounding-set "$bounding" -- "$@"' \
+    sh "$mnt" "$ro" "$bounding" "$@" >"$log" 2>&1 &
   local runner=$! ready="" code
   for _ in $(seq 1 50); do
     kill -0 "$runner" 2>/dev/null || break
@@ -109,21 +125,15 @@ serve() {
   done
   [ -n "$ready" ] || fail "$name did not get ready on :16910: $(tail -5 "$log")"
   ip netns exec "$ns" ss -Hltn "sport = :443" | grep -q "$vip:443" || fail "$name: nothing listens on $vip:443"
-  local proxy="" pid
-  for pid in $(ip netns pids "$ns"); do
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$match"; then proxy=$pid; fi
-  done
-  [ -n "$proxy" ] || fail "$name: no process matching '$match' in $ns"
-  declare -A bits=([NET_BIND_SERVICE]=10 [NET_ADMIN]=12 [NET_RAW]=13)
-  for cap in "${caps[@]}"; do bit=${bits[$cap]}; mask=$((mask | (1 << bit))); done
-  [ "$((16#$(awk '/^CapEff/{print $2}' "/proc/$proxy/status")))" = "$mask" ] \
-    || fail "$name runs with capabilities other than ${caps[*]}: $(grep CapEff "/proc/$proxy/status")"
-  kill -TERM "$proxy"
+  [ "$((16#$(awk '/^CapEff/{print $2}' "/proc/$runner/status")))" = "$mask" ] \
+    || fail "$name runs with capabilities other than ${caps[*]}: $(grep CapEff "/proc/$runner/status")"
+  kill -TERM "$runner"
   local status=0
   wait "$runner" || status=$?
   [ "$status" = 0 ] || fail "$name exited $status on SIGTERM: $(tail -5 "$log")"
   rm -f "$log"
-  echo "check-image: $name: $vip:443 bound with ${caps[*]} only, /ready 200, exit 0 on SIGTERM"
+  rmdir "$ro"
+  echo "check-image: $name: read-only root, ${caps[*]} only: $vip:443 bound, /ready 200, exit 0 on SIGTERM"
 }
 
 # The allInOne container as the chart renders it (its interface becomes lo: no dummy links here), in a
@@ -142,7 +152,7 @@ PY
   ip netns del "$ns"
   ip netns add "$ns"
   ip netns exec "$ns" ip link set lo up
-  serve "the chart's allInOne apiproxy run" "bin/apiproxy run" NET_ADMIN NET_BIND_SERVICE -- "${command[@]}"
+  serve "the chart's allInOne apiproxy run" NET_ADMIN NET_BIND_SERVICE -- "${command[@]}"
 fi
 
 [ -n "$envoy_yaml" ] || exit 0
@@ -152,5 +162,5 @@ ip netns del "$ns"
 ip netns add "$ns"
 ip netns exec "$ns" buildah "${buildah_args[@]}" run --isolation chroot "${only_caps[@]}" --cap-add CAP_NET_ADMIN \
   "$ctr" -- apiserver-proxy-sidecar --ip-address="$vip" --interface=lo --daemon=false 2>/dev/null
-serve "the image's envoy with the chart's envoy.yaml" "bin/envoy --concurrency" NET_BIND_SERVICE -- \
+serve "the image's envoy with the chart's envoy.yaml" NET_BIND_SERVICE -- \
   envoy --concurrency 2 --use-dynamic-base-id -c /tmp/envoy.yaml
