@@ -16,6 +16,9 @@ a request-smuggling vector). Every tunnel ends with exactly one `reason`, set by
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
@@ -48,6 +51,20 @@ UPSTREAM_CLOSED = "upstream_closed"
 UPSTREAM_RESET = "upstream_reset"
 ANSWER_TIMEOUT = "answer_timeout"
 GATEWAY_REJECTED = "gateway_rejected"
+
+# SO_LINGER on with a zero timeout: close() then sends RST. asyncio's abort() alone only closes the
+# socket, which the kernel ends with a FIN when nothing is unread, turning a peer's reset into a clean end.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Close a connection with RST, to carry a reset from the other side of the tunnel."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already gone: abort() below is all there is to do
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
+
 
 # The idle timer fires this many times per idle timeout; a tunnel is closed after that many quiet ticks
 # in a row, so it lives between 1 and 1.25 idle timeouts without traffic. One timer per tunnel, no
@@ -240,7 +257,7 @@ class Tunnel(asyncio.Protocol):
         upstream = self.upstream
         if upstream is not None and not upstream.lost and upstream.transport is not None:
             if exc is not None:
-                upstream.transport.abort()  # carry the reset
+                reset(upstream.transport)  # carry the reset
             else:
                 upstream.transport.close()  # flush what the client sent, then FIN
         elif self.setup is not None and not self.setup.done():
@@ -357,7 +374,7 @@ class Tunnel(asyncio.Protocol):
                 self.reason = UPSTREAM_CLOSED
         if not self.client_lost:
             if exc is not None:
-                self.transport.abort()
+                reset(self.transport)  # carry the reset
             else:
                 self.transport.close()
         self._maybe_finish()
