@@ -1,0 +1,129 @@
+"""One pass of every workload against one node-proxy variant, and the repetition over runs and variants.
+Variants are interleaved within each run, so drift on the shared machine spreads over all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import loads
+from .procstat import cpu_seconds, rss_bytes
+from .topology import DEST_HTTP, DEST_IPERF, Backends, start_node
+
+
+@dataclass(frozen=True)
+class Settings:
+    runs: int = 3
+    bulk_seconds: float = 5.0
+    setup_seconds: float = 5.0
+    setup_concurrency: int = 32
+    setup_max_tunnels: int = 40000
+    keepalive_seconds: float = 5.0
+    keepalive_connections: int = 32
+    idle_counts: tuple[int, int] = (1000, 10000)
+    vip_deletions: int = 7
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(runs=1, bulk_seconds=1.0, setup_seconds=1.0, setup_concurrency=16, setup_max_tunnels=5000,
+                   keepalive_seconds=1.0, keepalive_connections=16, idle_counts=(200, 1000), vip_deletions=3)  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _cpu(pid: int | None) -> float:
+    return cpu_seconds(pid) if pid is not None else 0.0
+
+
+def _settle(pid: int | None, seconds: float = 1.0) -> int | None:
+    time.sleep(seconds)
+    return rss_bytes(pid) if pid is not None else None
+
+
+def one_pass(variant: str, backends: Backends, settings: Settings, loop: asyncio.AbstractEventLoop,
+             say: Callable[[str], None] = progress) -> dict[str, Any]:  # fmt: skip
+    figures: dict[str, Any] = {"variant": variant}
+    node = start_node(variant, DEST_IPERF, backends)
+    try:
+        for streams in (1, 8):
+            before = _cpu(node.pid)
+            result: dict[str, Any] = dict(loads.bulk(node.port, streams, settings.bulk_seconds))
+            cpu = _cpu(node.pid) - before if node.pid else None
+            result["cpu_s"] = cpu
+            result["cpu_s_per_gb"] = cpu / (result["bytes"] / 1e9) if cpu is not None else None
+            figures[f"bulk_{streams}"] = result
+            say(f"  {variant}: bulk {streams} stream(s) {result['gbps']:.2f} Gbit/s"
+                + (f", {result['cpu_s_per_gb']:.2f} CPU s/GB" if cpu is not None else ""))  # fmt: skip
+    finally:
+        node.stop()
+
+    node = start_node(variant, DEST_HTTP, backends)
+    try:
+        rss_start = _settle(node.pid, 0.5)
+        before = _cpu(node.pid)
+        setup = loop.run_until_complete(loads.setup(node.port, settings.setup_concurrency, settings.setup_seconds,
+                                                    settings.setup_max_tunnels))  # fmt: skip
+        cpu = _cpu(node.pid) - before if node.pid else None
+        figures["setup"] = {**setup.figures(), "cpu_s": cpu,
+                            "cpu_us_per_tunnel": cpu / setup.tunnels * 1e6 if cpu is not None and setup.tunnels else None}  # fmt: skip
+        s = figures["setup"]
+        say(f"  {variant}: setup {s['per_s']:.0f} tunnels/s, p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms"
+            + (f", {s['cpu_us_per_tunnel']:.0f} CPU µs/tunnel" if s["cpu_us_per_tunnel"] is not None else "")
+            + (f", {s['failures']} failures" if s["failures"] else ""))  # fmt: skip
+
+        before = _cpu(node.pid)
+        keep: dict[str, Any] = dict(
+            loads.keepalive(node.port, settings.keepalive_connections, settings.keepalive_seconds)
+        )
+        cpu = _cpu(node.pid) - before if node.pid else None
+        keep["cpu_us_per_request"] = (
+            cpu / (keep["rps"] * settings.keepalive_seconds) * 1e6 if cpu is not None else None
+        )
+        figures["keepalive"] = keep
+        say(
+            f"  {variant}: keep-alive {keep['rps']:.0f} req/s, p50 {keep['p50_ms']:.2f} ms, p99 {keep['p99_ms']:.2f} ms"
+        )
+
+        idle = loads.IdleTunnels(node.port)
+        memory: dict[str, Any] = {"rss_start": rss_start}
+        try:
+            for count in settings.idle_counts:
+                loop.run_until_complete(idle.grow_to(count))
+                rss = _settle(node.pid)
+                memory[f"rss_{count}"] = rss
+                memory[f"bytes_per_tunnel_{count}"] = (rss - rss_start) / count if rss and rss_start else None
+        finally:
+            idle.close()
+            loop.run_until_complete(asyncio.sleep(0.5))
+        figures["memory"] = memory
+        if node.pid is not None:
+            say(
+                f"  {variant}: RSS at start {memory['rss_start'] / 2**20:.1f} MiB, "
+                + ", ".join(
+                    f"{memory[f'bytes_per_tunnel_{n}'] / 1024:.1f} KiB/tunnel at {n}"
+                    for n in settings.idle_counts
+                )
+            )
+    finally:
+        node.stop()
+    return figures
+
+
+def run_all(variants: tuple[str, ...], backends: Backends, settings: Settings,
+            loop: asyncio.AbstractEventLoop) -> list[dict[str, Any]]:  # fmt: skip
+    passes: list[dict[str, Any]] = []
+    for run in range(settings.runs):
+        for variant in variants:
+            progress(f"run {run + 1}/{settings.runs}: {variant}")
+            figures = one_pass(variant, backends, settings, loop)
+            passes.append({"run": run + 1, **figures})
+    return passes

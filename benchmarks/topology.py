@@ -1,0 +1,198 @@
+"""The loopback topology: backends (a plain-HTTP answerer and an iperf3 server) behind a real Envoy seed
+gateway configured like Gardener's (circuit breakers raised for 10k tunnels), and the node proxy under test
+in front of it: apiproxy, the real Envoy on Gardener's envoy.yaml, or none (the client dials the backend).
+Every process is a child started here and ended by its PID."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apiproxy.lab.gateway import EnvoyProcess, GatewayConfig, envoy_binary, free_port, start_gateway
+from apiproxy.lab.proxy import ApiproxyProcess
+
+# Gardener's envoy.yaml as the tests keep it; rendered here for loopback as tests/envoy/render.py does.
+GARDENER_ENVOY_YAML = Path(__file__).resolve().parents[1] / "tests" / "envoy" / "gardener-envoy.yaml"
+DEST_HTTP = "outbound|443||kube-apiserver.shoot--bench--http.svc.cluster.local"
+DEST_IPERF = "outbound|443||kube-apiserver.shoot--bench--iperf.svc.cluster.local"
+# Both node proxies get the same tunnel limit, a little above the 10,000 idle tunnels of the memory load.
+MAX_TUNNELS = 11000
+VARIANTS = ("apiproxy", "envoy-c1", "envoy-c2", "none")
+
+
+def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+@dataclass
+class Backends:
+    """The HTTP answerer and the iperf3 server, and the seed gateway routing to both."""
+
+    http_port: int
+    iperf_port: int
+    gateway: EnvoyProcess
+    gateway_port: int
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def port_for(self, destination: str) -> int:
+        return self.http_port if destination == DEST_HTTP else self.iperf_port
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        for process in self.processes:
+            _stop(process)
+
+
+def start_backends(gateway_concurrency: int = 2) -> Backends:
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        http_port, iperf_port = free_port(), free_port()
+        http = subprocess.Popen([sys.executable, "-m", "benchmarks.backend", str(http_port)],
+                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+        processes.append(http)
+        assert http.stdout is not None
+        if http.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the HTTP backend did not start")
+        iperf = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iperf_port)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)  # fmt: skip
+        processes.append(iperf)
+        config = GatewayConfig(
+            clusters={DEST_HTTP: ("127.0.0.1", http_port), DEST_IPERF: ("127.0.0.1", iperf_port)},
+            max_connections=4 * MAX_TUNNELS,
+            concurrency=gateway_concurrency,
+        )
+        gateway = start_gateway(config)
+        _wait_listening(iperf_port)
+        return Backends(http_port, iperf_port, gateway, config.port, processes)
+    except BaseException:
+        for process in processes:
+            _stop(process)
+        raise
+
+
+def _wait_listening(port: int, timeout: float = 10.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout:g}s")
+
+
+@dataclass
+class NodeProxy:
+    """One node proxy serving `port`; pid is None for the no-proxy variant (port is then the backend's)."""
+
+    variant: str
+    port: int
+    pid: int | None
+    _stop: Any = None
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop()
+            self._stop = None
+
+
+def render_envoy(listen_port: int, metrics_port: int, gateway_port: int, admin_socket: Path,
+                 destination: str) -> dict[str, Any]:  # fmt: skip
+    """Gardener's envoy.yaml with every address on loopback and the tunnel limits at MAX_TUNNELS."""
+    config: dict[str, Any] = copy.deepcopy(yaml.safe_load(GARDENER_ENVOY_YAML.read_text()))
+    static = config["layered_runtime"]["layers"][0]["static_layer"]
+    for key in static:
+        static[key] = MAX_TUNNELS
+    config["admin"]["address"]["pipe"]["path"] = str(admin_socket)
+    listeners = {listener["name"]: listener for listener in config["static_resources"]["listeners"]}
+    listeners["kube_apiserver"]["address"]["socket_address"].update(
+        address="127.0.0.1", port_value=listen_port
+    )
+    metrics = listeners["metrics"]
+    metrics["address"]["socket_address"].update(address="127.0.0.1", port_value=metrics_port)
+    metrics.pop("additional_addresses", None)
+    tcp_proxy = listeners["kube_apiserver"]["filter_chains"][0]["filters"][0]["typed_config"]
+    tcp_proxy["tunneling_config"]["headers_to_add"][0]["header"]["value"] = destination
+    clusters = {cluster["name"]: cluster for cluster in config["static_resources"]["clusters"]}
+    endpoint = clusters["kube_apiserver"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    endpoint["address"]["socket_address"].update(address="127.0.0.1", port_value=gateway_port)
+    admin_endpoint = clusters["uds_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    admin_endpoint["address"]["pipe"]["path"] = str(admin_socket)
+    return config
+
+
+def _start_envoy(concurrency: int, destination: str, backends: Backends) -> NodeProxy:
+    workdir = tempfile.TemporaryDirectory(prefix="apiproxy-bench-envoy-")
+    listen_port, metrics_port = free_port(), free_port()
+    config = render_envoy(listen_port, metrics_port, backends.gateway_port, Path(workdir.name) / "admin.socket",
+                          destination)  # fmt: skip
+    config_path = Path(workdir.name) / "envoy.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    # Gardener's command line; the access log (stdout) goes to a file, as a container runtime would take it.
+    with (Path(workdir.name) / "stdout").open("wb") as out:
+        process = subprocess.Popen(
+            [envoy_binary(), "--concurrency", str(concurrency), "--use-dynamic-base-id", "-c", str(config_path),
+             "-l", "warning"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop() -> None:
+        _stop(process)
+        workdir.cleanup()
+
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            log = (Path(workdir.name) / "stdout").read_text(errors="replace")[-2000:]
+            stop()
+            raise RuntimeError(f"node Envoy exited with {process.returncode}: {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/ready", timeout=1) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop()
+            raise RuntimeError("node Envoy not ready within 30 s")
+        time.sleep(0.05)
+    return NodeProxy(f"envoy-c{concurrency}", listen_port, process.pid, stop)
+
+
+def _start_apiproxy(destination: str, backends: Backends) -> NodeProxy:
+    port = free_port()
+    proxy = ApiproxyProcess([
+        "run", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{backends.gateway_port}",
+        "--destination", destination, "--metrics-address", "off", "--no-access-log",
+        "--max-connections", str(MAX_TUNNELS),
+    ]).start()  # fmt: skip
+    return NodeProxy("apiproxy", port, proxy.pid, proxy.cleanup)
+
+
+def start_node(variant: str, destination: str, backends: Backends) -> NodeProxy:
+    if variant == "apiproxy":
+        return _start_apiproxy(destination, backends)
+    if variant.startswith("envoy-c"):
+        return _start_envoy(int(variant.removeprefix("envoy-c")), destination, backends)
+    if variant == "none":
+        return NodeProxy("none", backends.port_for(destination), None)
+    raise ValueError(f"unknown variant {variant!r}")

@@ -1,0 +1,39 @@
+"""Summaries, ratios and the Markdown table from fixed figures, without sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.report import markdown, summarize
+
+VARIANTS = ("apiproxy", "envoy-c1", "envoy-c2", "none")
+
+
+def _pass(variant: str, gbps: float, rss: float | None) -> dict[str, Any]:
+    return {"variant": variant, "bulk_1": {"gbps": gbps, "cpu_s_per_gb": None if rss is None else 1.0},
+            "memory": {"rss_start": rss}}  # fmt: skip
+
+
+def test_medians_min_max_and_ratios_against_each_envoy() -> None:
+    passes = [
+        _pass("apiproxy", 6.0, 30 * 2**20), _pass("apiproxy", 5.0, 30 * 2**20), _pass("apiproxy", 9.0, 30 * 2**20),
+        _pass("envoy-c1", 4.0, 60 * 2**20), _pass("envoy-c2", 5.0, 40 * 2**20), _pass("none", 12.0, None),
+    ]  # fmt: skip
+    summary = summarize(passes, VARIANTS, (1000, 10000))
+    bulk = summary["bulk_1_gbps"]
+    assert bulk["variants"]["apiproxy"] == {"median": 6.0, "min": 5.0, "max": 9.0, "runs": [6.0, 5.0, 9.0]}
+    assert bulk["ratios"]["envoy-c1"] == {"ratio": 1.5, "meets_target": True}
+    assert bulk["ratios"]["envoy-c2"] == {"ratio": 1.2, "meets_target": False}
+    rss = summary["rss_start_mib"]
+    assert "none" not in rss["variants"]
+    assert rss["ratios"]["envoy-c1"] == {"ratio": 0.5, "meets_target": True}
+    assert rss["ratios"]["envoy-c2"]["meets_target"] is False
+    assert summary["setup_per_s"]["variants"] == {}
+
+    table = markdown(summary, {"skipped": "needs root"}, runs=3)
+    assert (
+        "| Bulk throughput, 1 stream | Gbit/s | 6.00 (5.00–9.00) | 4.00 | 5.00 | 12.0 | 1.50× ✓ | 1.20× ✗ | ≥ 1.3× |"
+        in table
+    )
+    assert "| RSS at start | MiB | 30.0 (30.0–30.0) | 60.0 | 40.0 | – | 0.50× ✓ | 0.75× ✗ | ≤ 0.6× |" in table
+    assert "not measured: needs root" in table
