@@ -82,8 +82,10 @@ ip netns add "$ns"
 ip netns exec "$ns" buildah "${buildah_args[@]}" run --isolation chroot "${only_caps[@]}" --cap-add CAP_NET_ADMIN \
   "$ctr" -- apiserver-proxy-sidecar --ip-address="$vip" --interface=lo --daemon=false \
   || fail "apiserver-proxy-sidecar --daemon=false exited $?"
-ip -n "$ns" -o addr show dev lo | grep -q "inet $vip/32 scope global" \
-  || fail "the sidecar pass did not add $vip/32 to lo: $(ip -n "$ns" -o addr show dev lo)"
+# (Output captured first: with pipefail, grep -q quitting early would fail the pipeline by SIGPIPE.)
+addresses=$(ip -n "$ns" -o addr show dev lo)
+grep -q "inet $vip/32 scope global" <<<"$addresses" \
+  || fail "the sidecar pass did not add $vip/32 to lo: $addresses"
 echo "check-image: apiserver-proxy-sidecar --daemon=false with NET_ADMIN only added $vip/32 to lo"
 
 # serve NAME CAP... -- COMMAND...: runs COMMAND from the image inside $ns the way the chart's pod does -
@@ -108,10 +110,11 @@ serve() {
   mapfile -t env < <(buildah "${buildah_args[@]}" inspect --type image \
     --format '{{range .OCIv1.Config.Env}}{{println .}}{{end}}' "$image" | grep .)
   # shellcheck disable=SC2016 # expanded by the inner sh
-  ip netns exec "$ns" env -i "${env[@]}" unshare --mount --propagation private sh -c '
+  ip netns exec "$ns" env -i "${env[@]}" WRITABLE_RUN="${WRITABLE_RUN:-}" unshare --mount --propagation private sh -c '
     set -e
     mount --bind "$1" "$2" && mount -o remount,bind,ro "$2"
     mount -t proc proc "$2/proc" && mount --rbind /dev "$2/dev"
+    if [ -n "$WRITABLE_RUN" ]; then mount -t tmpfs run "$2/run"; fi
     root=$2 bounding=$3
     shift 3
     exec chroot "$root" /usr/bin/setpriv --bounding-set "$bounding" -- "$@"' \
@@ -124,7 +127,16 @@ serve() {
     sleep 0.2
   done
   [ -n "$ready" ] || fail "$name did not get ready on :16910: $(tail -5 "$log")"
-  ip netns exec "$ns" ss -Hltn "sport = :443" | grep -q "$vip:443" || fail "$name: nothing listens on $vip:443"
+  local listening
+  listening=$(ip netns exec "$ns" ss -Hltn "sport = :443")
+  grep -q "$vip:443" <<<"$listening" || fail "$name: nothing listens on $vip:443"
+  local rules=""
+  if [[ " $* " == *" --setup-iptables "* ]]; then
+    rules=", NOTRACK rules"
+    local saved
+    saved=$({ ip netns exec "$ns" iptables-nft-save -t raw; ip netns exec "$ns" iptables-legacy-save -t raw; } 2>/dev/null || true)
+    grep -q -- "-d $vip/32 .*--dport 443 -j NOTRACK" <<<"$saved" || fail "$name: no NOTRACK rule for $vip:443: $(tail -5 "$log")"
+  fi
   [ "$((16#$(awk '/^CapEff/{print $2}' "/proc/$runner/status")))" = "$mask" ] \
     || fail "$name runs with capabilities other than ${caps[*]}: $(grep CapEff "/proc/$runner/status")"
   kill -TERM "$runner"
@@ -133,27 +145,34 @@ serve() {
   [ "$status" = 0 ] || fail "$name exited $status on SIGTERM: $(tail -5 "$log")"
   rm -f "$log"
   rmdir "$ro"
-  echo "check-image: $name: read-only root, ${caps[*]} only: $vip:443 bound, /ready 200, exit 0 on SIGTERM"
+  echo "check-image: $name: read-only root, ${caps[*]} only: $vip:443 bound$rules, /ready 200, exit 0 on SIGTERM"
 }
 
-# The allInOne container as the chart renders it (its interface becomes lo: no dummy links here), in a
-# namespace without the VIP: apiproxy adds it itself.
-all_in_one=$tools/chart-out/all-in-one.yaml
-if [ -f "$all_in_one" ]; then
-  mapfile -t command < <("$repo/.venv/bin/python" - "$all_in_one" <<'PY'
+# The allInOne containers as the chart renders them, with the capabilities the chart gives them (the
+# interface becomes lo: no dummy links here), each in a namespace without the VIP: apiproxy adds it.
+for rendered in "$tools"/chart-out/all-in-one*.yaml; do
+  [ -f "$rendered" ] || continue
+  mapfile -t spec < <("$repo/.venv/bin/python" - "$rendered" <<'PY'
 import sys, yaml
 for doc in yaml.safe_load_all(open(sys.argv[1])):
     if doc and doc["kind"] == "DaemonSet":
         (proxy,) = [c for c in doc["spec"]["template"]["spec"]["containers"] if c["name"] == "proxy"]
+        print(" ".join(proxy["securityContext"]["capabilities"]["add"]))
+        print(" ".join(m["mountPath"] for m in proxy.get("volumeMounts", [])))
         for word in proxy["command"] + proxy["args"]:
             print("--interface=lo" if word.startswith("--interface=") else word)
 PY
   )
+  read -r -a caps <<<"${spec[0]}"
+  mounts=${spec[1]}
   ip netns del "$ns"
   ip netns add "$ns"
   ip netns exec "$ns" ip link set lo up
-  serve "the chart's allInOne apiproxy run" NET_ADMIN NET_BIND_SERVICE -- "${command[@]}"
-fi
+  # The pod mounts the host's /run/xtables.lock for --setup-iptables; a scratch /run stands in for it.
+  writable_run=""
+  [[ " $mounts " != *" /run/xtables.lock "* ]] || writable_run=yes
+  WRITABLE_RUN=$writable_run serve "allInOne proxy of $(basename "$rendered")" "${caps[@]}" -- "${spec[@]:2}"
+done
 
 [ -n "$envoy_yaml" ] || exit 0
 # Gardener's proxy container: its command line, the rendered envoy.yaml, NET_BIND_SERVICE only; the VIP
