@@ -97,7 +97,12 @@ def one_pass(variant: str, backends: Backends, settings: Settings, loop: asyncio
         memory: dict[str, Any] = {"rss_start": rss_start}
         try:
             for count in settings.idle_counts:
-                loop.run_until_complete(idle.grow_to(count))
+                try:
+                    loop.run_until_complete(idle.grow_to(count))
+                except RuntimeError as error:  # recorded, so one variant's limit does not end the run
+                    memory["error"] = str(error)
+                    say(f"  {variant}: {error}")
+                    break
                 rss = _settle(node.pid)
                 memory[f"rss_{count}"] = rss
                 memory[f"bytes_per_tunnel_{count}"] = (rss - rss_start) / count if rss and rss_start else None
@@ -105,7 +110,7 @@ def one_pass(variant: str, backends: Backends, settings: Settings, loop: asyncio
             idle.close()
             loop.run_until_complete(asyncio.sleep(0.5))
         figures["memory"] = memory
-        if node.pid is not None:
+        if node.pid is not None and "error" not in memory:
             say(
                 f"  {variant}: RSS at start {memory['rss_start'] / 2**20:.1f} MiB, "
                 + ", ".join(

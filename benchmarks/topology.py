@@ -133,6 +133,14 @@ def render_envoy(listen_port: int, metrics_port: int, gateway_port: int, admin_s
     tcp_proxy = listeners["kube_apiserver"]["filter_chains"][0]["filters"][0]["typed_config"]
     tcp_proxy["tunneling_config"]["headers_to_add"][0]["header"]["value"] = destination
     clusters = {cluster["name"]: cluster for cluster in config["static_resources"]["clusters"]}
+    # Gardener's cluster has no circuit breakers, so Envoy's default of 1,024 connections would cap the
+    # idle-tunnel load; raised like the listener limits.
+    limits = {
+        "max_connections": MAX_TUNNELS,
+        "max_pending_requests": MAX_TUNNELS,
+        "max_requests": MAX_TUNNELS,
+    }
+    clusters["kube_apiserver"]["circuit_breakers"] = {"thresholds": [limits]}
     endpoint = clusters["kube_apiserver"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     endpoint["address"]["socket_address"].update(address="127.0.0.1", port_value=gateway_port)
     admin_endpoint = clusters["uds_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
