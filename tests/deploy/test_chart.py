@@ -8,6 +8,7 @@ first); without it these tests are skipped, saying so.
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from apiproxy.cli.run import TunnelOptions
+from apiproxy.cli.run import TunnelOptions, build_vip
 from apiproxy.config import ConfigError, TunnelConfig
 from apiproxy.envoy.bootstrap import read_bootstrap
+from apiproxy.vip.sidecar import build_config, parse_flags
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "apiserver-proxy"
@@ -161,8 +163,7 @@ def flags_tunnel(manifests: dict[str, dict[str, Any]]) -> tuple[TunnelConfig, in
     args = flags(containers(manifests)["proxy"])
 
     def one(flag: str) -> str:
-        (value,) = args[flag]
-        return value
+        return args[flag][-1]  # repeated (extraArgs): the last wins, as in click
 
     options = TunnelOptions(
         upstream=one("--upstream"),
@@ -259,10 +260,42 @@ def test_bad_values_are_refused_naming_the_value(settings: dict[str, str], messa
     assert message in result.stderr
 
 
-def test_the_flags_apiproxy_refuses_never_render() -> None:
-    """A value the schema lets through must also pass apiproxy's own parser (no CrashLoop on a node)."""
-    manifests = render(strings={**GARDENER, "timeouts.connect": "250ms"})
+@pytest.mark.parametrize("values", sorted(p.name for p in (CHART / "ci").glob("all-in-one*-values.yaml")))
+def test_every_all_in_one_value_file_renders_flags_apiproxy_accepts(values: str) -> None:
+    """A value the schema lets through must pass apiproxy's own parser too (no CrashLoop on a node)."""
+    manifests = render(values)
     try:
         flags_tunnel(manifests)
-    except ConfigError as error:  # pragma: no cover - the assertion message is the point
-        pytest.fail(f"apiproxy refuses the rendered flags: {error}")
+    except ConfigError as error:
+        pytest.fail(f"apiproxy run refuses the flags rendered from {values}: {error}")
+
+
+@pytest.mark.parametrize(
+    "vip",
+    [
+        {},
+        {"vip.address": "64:ff9b:1::f0a8:6617", "vip.interface": "lo", "vip.syncInterval": "30s"},
+        {"vip.cleanup": "true", "vip.setupIptables": "true"},
+    ],
+    ids=["gardener-defaults", "ipv6-on-lo", "cleanup-and-iptables"],
+)
+def test_both_modes_keep_the_same_vip(vip: dict[str, str]) -> None:
+    """The sidecar's flags (gardenerCompatible) and `apiproxy run`'s (allInOne) give the same VIPConfig."""
+    strings = {k: v for k, v in vip.items() if k not in ("vip.cleanup", "vip.setupIptables")}
+    sets = tuple(f"{k}={v}" for k, v in vip.items() if k in ("vip.cleanup", "vip.setupIptables"))
+    sidecar = containers(render(strings={**GARDENER, **strings, "mode": "gardenerCompatible"}, sets=sets))[
+        "sidecar"
+    ]
+    parsed = parse_flags(sidecar["args"])
+    from_sidecar = build_config(parsed, ipaddress.ip_address(parsed.values["ip-address"]))
+    args = flags(containers(render(strings={**GARDENER, **strings}, sets=sets))["proxy"])
+    from_run = build_vip(
+        ipaddress.ip_address(args["--ip-address"][-1]),
+        args["--interface"][-1],
+        args["--sync-interval"][-1],
+        "--cleanup" in args,
+        "--setup-iptables" in args,
+        443,
+    )
+    assert from_sidecar == from_run
+    assert from_run.setup_iptables is ("vip.setupIptables" in vip)
