@@ -549,3 +549,80 @@ def running(*things: Any) -> Iterator[None]:
         for thing in reversed(things):
             with contextlib.suppress(Exception):
                 thing.stop()
+
+
+class Stream:
+    """A tunnel streaming 1 MiB blocks to the echo backend until `finish()`, hashing both directions on the
+    fly (no payload held in memory), so a test can keep traffic flowing across a fault for as long as it
+    needs, then check that every byte came back intact."""
+
+    BLOCK = 1 << 20
+
+    def __init__(
+        self, address: tuple[str, int], seed: int = 0, max_blocks: int = 2048, read: bool = True
+    ) -> None:
+        self.sock = socket.create_connection(address, timeout=30)
+        self.seed = seed
+        self.max_blocks = max_blocks
+        self.sent = 0
+        self.received = 0
+        self._sent_hash = hashlib.sha256()
+        self._received_hash = hashlib.sha256()
+        self._stop = threading.Event()
+        self.reading = threading.Event()
+        if read:
+            self.reading.set()
+        self.error: BaseException | None = None
+        self._sender = threading.Thread(target=self._send, daemon=True)
+        self._receiver = threading.Thread(target=self._receive, daemon=True)
+        self._sender.start()
+        self._receiver.start()
+
+    def _send(self) -> None:
+        try:
+            for index in range(self.max_blocks):
+                if self._stop.is_set():
+                    break
+                block = random.Random(self.seed * 100_000 + index).randbytes(self.BLOCK)
+                self._sent_hash.update(block)
+                self.sock.sendall(block)
+                self.sent += len(block)
+        except BaseException as error:  # reported by finish()
+            self.error = error
+        self._stop.set()
+
+    def _receive(self) -> None:
+        try:
+            while not (self._stop.is_set() and not self._sender.is_alive() and self.received >= self.sent):
+                self.reading.wait()
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    break
+                self._received_hash.update(data)
+                self.received += len(data)
+        except BaseException as error:
+            self.error = self.error or error
+
+    def stalled(self, quiet: float = 1.0, within: float = 30) -> bool:
+        """True once the sender has made no progress for `quiet` seconds: every buffer on the way is full."""
+        deadline = time.monotonic() + within
+        mark, since = self.sent, time.monotonic()
+        while time.monotonic() < deadline and self._sender.is_alive():
+            time.sleep(0.1)
+            if self.sent != mark:
+                mark, since = self.sent, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return True
+        return False
+
+    def finish(self, timeout: float = 60) -> int:
+        """Stop sending, read everything back, close. Returns the bytes that made the round trip intact."""
+        self._stop.set()
+        self.reading.set()
+        self._sender.join(timeout)
+        self._receiver.join(timeout)
+        self.sock.close()
+        assert self.error is None, repr(self.error)
+        assert self.received == self.sent, f"{self.received} of {self.sent} bytes came back"
+        assert self._received_hash.digest() == self._sent_hash.digest(), "the bytes came back altered"
+        return self.sent
