@@ -4,9 +4,10 @@
 #   envoy                     reads Gardener's envoy.yaml (`envoy --concurrency 2 --use-dynamic-base-id -c ...`)
 #   apiserver-proxy-sidecar   the VIP sidecar; also what the image runs when it is given only flags
 #
-# It runs as root (UID 0) because Gardener's containers do: binding VIP:443 and managing the VIP need
-# capabilities, and the pod grants exactly those (NET_BIND_SERVICE to the proxy, NET_ADMIN to the
-# sidecar) with no privilege escalation; root without capabilities gains nothing else.
+# It runs as root (UID 0) only because Gardener's containers do: binding VIP:443 and managing the VIP
+# need capabilities, and the pod grants exactly those (NET_BIND_SERVICE to the proxy, NET_ADMIN to the
+# sidecar), drops the rest and forbids privilege escalation (the chart does; its root file system is
+# read-only too), so UID 0 adds little beyond owning the image's files.
 #
 # BASE_IMAGE is swappable so CI can build from a locally made base (deploy/build-base.sh). pip reaches
 # its index through two optional build secrets, never written to a layer:
