@@ -5,9 +5,12 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from .backend import EchoServer
 
 T = TypeVar("T")
 
@@ -34,3 +37,16 @@ class LoopThread:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+class EchoThread:
+    """An `EchoServer` (TLS when `tls` is given) on a loop thread of its own."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._thread = LoopThread("echo")
+        self.server = EchoServer(tls)
+        self.port = self._thread.run(self.server.start())
+
+    def stop(self) -> None:
+        self._thread.run(self.server.stop())
+        self._thread.stop()

@@ -5,13 +5,11 @@ must give the same observable results."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy.lab.backend import EchoServer
 from apiproxy.lab.certs import LabCertificates, make_certificates
 from apiproxy.lab.gateway import DESTINATION, GatewayConfig, free_port, start_gateway
+from apiproxy.lab.loop_thread import EchoThread
 from apiproxy.monitoring.envoy_stats import NAMES
 
 from .node import KINDS, get, node_proxy
@@ -32,23 +30,6 @@ pytestmark = pytest.mark.envoy
 PAYLOAD_SIZES = (1, 4096, 100_000, 1_000_000)
 # Gardener's format: [START_TIME] RESPONSE_CODE RESPONSE_FLAGS rx tx DURATIONms "DOWNSTREAM" "UPSTREAM"
 ACCESS_LINE = re.compile(r'^\[(\S+)\] (\d+) (\S+) (\d+) rx (\d+) tx (\d+)ms "([^"]*)" "([^"]*)"$')
-
-
-class TLSEcho:
-    """The TLS backend (kube-apiserver stand-in) echoing every byte, on a loop in its own thread."""
-
-    def __init__(self, certs: LabCertificates) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = EchoServer(tls=certs.server_context())
-        self.thread = threading.Thread(target=self.loop.run_forever, name="tls-echo", daemon=True)
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @dataclass
@@ -62,7 +43,7 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     workdir = tmp_path_factory.mktemp("envoy-differential")
     certs = make_certificates(workdir / "certs")
-    echo = TLSEcho(certs)
+    echo = EchoThread(tls=certs.server_context())
     try:
         gateway_config = GatewayConfig(clusters={DESTINATION: ("127.0.0.1", echo.port)})
         with start_gateway(gateway_config):

@@ -6,35 +6,16 @@ and can drive child processes (apiproxy, Envoy) with plain sockets.
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from apiproxy.lab.backend import EchoServer
 from apiproxy.lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig, free_port, start_gateway
+from apiproxy.lab.loop_thread import EchoThread
 from apiproxy.lab.proxy import ApiproxyProcess
-
-
-class EchoThread:
-    """EchoServer on its own loop in a daemon thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = EchoServer()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="echo", daemon=True)
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @contextmanager
