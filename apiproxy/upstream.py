@@ -150,7 +150,15 @@ class Dialer:
         loop = asyncio.get_running_loop()
         errors: list[UpstreamError] = []
         for address in addresses:
-            sock = self._socket(address[0])
+            try:
+                sock = self._socket(address[0])
+            except OSError as error:
+                # Out of descriptors (EMFILE) is the usual cause: a failed tunnel, not a crashed setup task
+                # that would leave its client waiting with reading paused, unnoticed when it leaves.
+                errors.append(
+                    UpstreamError("connect_error", f"no socket for gateway {_format(address)}: {error}")
+                )
+                continue
             try:
                 try:
                     async with asyncio.timeout(self.config.connect_timeout):
