@@ -290,7 +290,7 @@ class Proxy:
     """`apiproxy run` as a child process with its monitoring port, and what /proc and ss say of it."""
 
     def __init__(self, net: Net, upstream: str, *extra: str, listen: str | None = None,
-                 destination: str = DESTINATION, preexec: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 destination: str = DESTINATION, command_prefix: list[str] | None = None) -> None:  # fmt: skip
         self.net = net
         self.listen_host = "127.0.0.1"
         self.port = free_port() if listen is None else int(listen.rsplit(":", 1)[1])
@@ -299,16 +299,11 @@ class Proxy:
         self.listen_host = listen.rsplit(":", 1)[0]
         args = ["run", "--listen", listen, "--upstream", upstream, "--destination", destination,
                 "--metrics-address", f"127.0.0.1:{self.metrics_port}", "--no-access-log", *extra]  # fmt: skip
-        command = [*net.prefix(), sys.executable, "-m", "apiproxy"]
+        # e.g. ["prlimit", "--nofile=64:64"]: both exec, so the PID stays apiproxy's.
+        command = [*net.prefix(), *(command_prefix or []), sys.executable, "-m", "apiproxy"]
         self.process = ApiproxyProcess(args, command=command)
-        self.preexec = preexec
 
     def start(self) -> Proxy:
-        if self.preexec is None:
-            self.process.start()
-            return self
-        # ApiproxyProcess has no preexec hook: set the limit around the fork instead (children inherit it).
-        self.preexec()
         self.process.start()
         return self
 
