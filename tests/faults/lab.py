@@ -621,3 +621,32 @@ class Stream:
         assert self.received == self.sent, f"{self.received} of {self.sent} bytes came back"
         assert self._received_hash.digest() == self._sent_hash.digest(), "the bytes came back altered"
         return self.sent
+
+
+ECHO_MAIN = """
+import asyncio, sys
+from apiproxy.lab.backend import EchoServer
+
+async def main() -> None:
+    port = await EchoServer().start()
+    print(port, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+class EchoProcess:
+    """The echo backend in a process of its own: for tests whose clients alone use up this process's
+    descriptor limit."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", ECHO_MAIN], stdout=subprocess.PIPE,
+                                        stdin=subprocess.DEVNULL, text=True)  # fmt: skip
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
