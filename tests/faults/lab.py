@@ -96,11 +96,13 @@ class FaultGateway:
     queued it is relayed byte for byte to the real gateway (`target`), so unaffected tunnels are real.
     `mode` makes the port refuse connections or blackhole them (a full accept queue drops SYNs)."""
 
-    def __init__(self, net: Net, target: tuple[str, int] | None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, net: Net, target: tuple[str, int] | None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.net = net
         self.target = target
         self.host = host
-        self.port = 0
+        self.port = port
         self.faults: collections.deque[Script] = collections.deque()
         self.connections = 0
         self.heads: list[bytes] = []  # the first bytes of each connection (the CONNECT request)
@@ -650,3 +652,34 @@ class EchoProcess:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+@contextlib.contextmanager
+def network_namespace(prefix: str = "apxf") -> Iterator[str]:
+    """A fresh network namespace with loopback up, and its /etc/netns/<name>/hosts (empty): `ip netns
+    exec` bind-mounts that file over /etc/hosts, and glibc reads it on every lookup, so a test can make
+    the gateway's name fail, resolve or move by rewriting it in place. Both removed afterwards."""
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("network namespaces need root")
+    name = f"{prefix}{os.getpid()}{random.randrange(1000)}"
+    etc = Path("/etc/netns") / name
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
+        etc.mkdir(parents=True)
+        (etc / "hosts").write_text("")
+        yield name
+    finally:
+        with contextlib.suppress(OSError):
+            (etc / "hosts").unlink()
+            etc.rmdir()
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def write_hosts(netns: str, text: str) -> None:
+    """Rewrite the namespace's hosts file in place (same inode: it is bind-mounted into running processes)."""
+    with open(Path("/etc/netns") / netns / "hosts", "r+") as hosts:
+        hosts.truncate(0)
+        hosts.write(text)
