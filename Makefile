@@ -16,9 +16,11 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/apiproxy demo
 
-# Installs (Debian packages too, when root), then lints, type-checks and runs every test.
+# Installs (Debian packages too, when root; helm and the chart checkers under .tools/), then lints,
+# type-checks and runs every test.
 test: venv
 	bash scripts/install-system-deps.sh
+	bash deploy/install-tools.sh
 	$(VENV)/bin/ruff check apiproxy tests benchmarks
 	$(VENV)/bin/ruff format --check apiproxy tests benchmarks
 	$(VENV)/bin/mypy
