@@ -5,7 +5,9 @@ with timeout, keepalive and failover across the addresses the name resolves to.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -128,6 +130,29 @@ def format_address(address: Address) -> str:
     return _format(address)
 
 
+async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, sockaddr: SockAddr) -> None:
+    """Connect a non-blocking socket to a resolved address. Not loop.sock_connect: uvloop's passes every
+    address through getaddrinfo on its thread pool, which cost ~130 us of CPU per tunnel (two thread
+    handoffs) of ~440 us measured in all."""
+    error = sock.connect_ex(sockaddr)
+    if error == errno.EINPROGRESS:
+        writable: asyncio.Future[None] = loop.create_future()
+        fd = sock.fileno()
+        loop.add_writer(fd, _set_done, writable)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(fd)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))  # the errno's subclass, e.g. ConnectionRefusedError
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Dialer:
     """Opens TCP connections to the gateway, trying each resolved address in turn.
 
@@ -162,7 +187,7 @@ class Dialer:
             try:
                 try:
                     async with asyncio.timeout(self.config.connect_timeout):
-                        await loop.sock_connect(sock, address[1])
+                        await _connect(loop, sock, address[1])
                 except TimeoutError:
                     raise UpstreamError(
                         "connect_timeout",
