@@ -51,6 +51,7 @@ def test_quick_run_writes_every_figure_for_every_variant(tmp_path: Path) -> None
     for figures in results["passes"]:
         assert figures["setup"]["failures"] == 0, figures
         assert figures["keepalive"]["socket_errors"] == 0, figures
+        assert "error" not in figures["memory"], figures
     if "skipped" not in results["vip"]:
         assert len(results["vip"]["repair_ms"]) == results["settings"]["vip_deletions"]
 
