@@ -438,6 +438,9 @@ class Tunnel(asyncio.Protocol):
         self._maybe_finish()
 
     def _setup_done(self, _: asyncio.Task[None]) -> None:
+        # Drop the finished task: it and its coroutine (frame included) would otherwise live as long as
+        # the tunnel, a good part of an idle tunnel's memory.
+        self.setup = None
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
