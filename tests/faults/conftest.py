@@ -53,8 +53,9 @@ def lab(net: Net, gateway: tuple[Echo, EnvoyProcess, int]) -> Iterator[Lab]:
     echo, envoy, envoy_port = gateway
     fault = FaultGateway(net, ("127.0.0.1", envoy_port)).start()
     try:
-        proxy = Proxy(net, f"127.0.0.1:{fault.port}", "--connect-timeout", "500ms",
-                      "--connect-answer-timeout", "500ms").start()  # fmt: skip
+        # Short timeouts keep the timeout cases short; 1 s leaves room for a loaded 2-core CI runner.
+        proxy = Proxy(net, f"127.0.0.1:{fault.port}", "--connect-timeout", "1s",
+                      "--connect-answer-timeout", "1s").start()  # fmt: skip
         try:
             held = Held(proxy.address)
             try:

@@ -115,7 +115,9 @@ class FaultGateway:
         return self
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, reuse_address=True, backlog=4096
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     def serve(self) -> None:
@@ -559,6 +561,8 @@ class Stream:
         self, address: tuple[str, int], seed: int = 0, max_blocks: int = 2048, read: bool = True
     ) -> None:
         self.sock = socket.create_connection(address, timeout=30)
+        self.sock.sendall(b"s")  # established before returning: no fault queued later can take its dial
+        assert self.sock.recv(1) == b"s", "stream tunnel not established"
         self.seed = seed
         self.max_blocks = max_blocks
         self.sent = 0

@@ -52,8 +52,8 @@ async def close_mid_head(reader, writer) -> None:  # type: ignore[no-untyped-def
 # name: (make the fault, reason counted, least time the failure must take)
 SETUP_FAULTS: dict[str, tuple[Callable[[FaultGateway], None], str, float]] = {
     "refused": (FaultGateway.refuse, "connect_refused", 0.0),
-    "blackholed": (FaultGateway.blackhole, "connect_timeout", 0.5),
-    "never_answers": (queue(silent), "answer_timeout", 0.5),
+    "blackholed": (FaultGateway.blackhole, "connect_timeout", 1.0),
+    "never_answers": (queue(silent), "answer_timeout", 1.0),
     "answers_403": (queue(answer(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")), "gateway_rejected", 0),
     "answers_301": (queue(answer(b"HTTP/1.1 301 Moved Permanently\r\nlocation: https://x:443/\r\n\r\n")),
                     "gateway_rejected", 0),

@@ -40,9 +40,11 @@ def fd_limit() -> Iterator[int]:
         resource.setrlimit(resource.RLIMIT_NOFILE, before)
 
 
-async def open_idle(address: tuple[str, int], count: int) -> list[asyncio.StreamWriter]:
+async def open_idle(
+    address: tuple[str, int], count: int, concurrency: int = 256
+) -> list[asyncio.StreamWriter]:
     """`count` tunnels, each proven established by one echoed byte, then left idle."""
-    gate = asyncio.Semaphore(256)
+    gate = asyncio.Semaphore(concurrency)
 
     async def one() -> asyncio.StreamWriter:
         async with gate:
