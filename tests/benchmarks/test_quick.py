@@ -55,6 +55,13 @@ def test_quick_run_writes_every_figure_for_every_variant(tmp_path: Path) -> None
     if "skipped" not in results["vip"]:
         assert len(results["vip"]["repair_ms"]) == results["settings"]["vip_deletions"]
 
+    try:
+        import matplotlib  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in done.stderr
+    else:
+        assert (tmp_path / "ratios.png").read_bytes().startswith(b"\x89PNG")
+
     table = (tmp_path / "results.md").read_text()
     assert "| Metric | Unit | apiproxy | Envoy c1 | Envoy c2 | no proxy |" in table
     assert table in done.stdout
