@@ -70,9 +70,6 @@ class Net:
     def call(self, function: Callable[..., T], *args: Any, timeout: float = 60) -> T:
         return self._pool.submit(function, *args).result(timeout)
 
-    def submit(self, function: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        return self._pool.submit(function, *args)
-
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
@@ -240,12 +237,12 @@ async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await read_head(reader)
     writer.write(b"HTTP/1.1 200 OK\r\n")
-    for _ in range(4096):  # bounded: 4096 lines of 64 bytes = 256 KiB, far past any sane head limit
-        writer.write(b"X-Endless: " + b"e" * 51 + b"\r\n")
+    line = b"X-Endless: " + b"e" * 51 + b"\r\n"
+    for _ in range(64):  # bounded: 64 writes of 4 KiB, far past any sane head limit, fast enough to beat
+        writer.write(line * 64)  # the answer timeout even on a loaded loop
         await writer.drain()
         if writer.is_closing() or reader.at_eof():
             return
-        await asyncio.sleep(0)
 
 
 def reset(writer: asyncio.StreamWriter) -> None:
@@ -296,7 +293,6 @@ class Proxy:
     def __init__(self, net: Net, upstream: str, *extra: str, listen: str | None = None,
                  destination: str = DESTINATION, command_prefix: list[str] | None = None) -> None:  # fmt: skip
         self.net = net
-        self.listen_host = "127.0.0.1"
         self.port = free_port() if listen is None else int(listen.rsplit(":", 1)[1])
         self.metrics_port = free_port()
         listen = listen or f"127.0.0.1:{self.port}"
@@ -435,7 +431,8 @@ def digest(data: bytes) -> str:
 
 
 def recv_exactly(sock: socket.socket, count: int) -> bytes:
-    chunks, received = [], 0
+    chunks: list[bytes] = []
+    received = 0
     while received < count:
         data = sock.recv(min(1 << 20, count - received))
         if not data:
@@ -447,7 +444,8 @@ def recv_exactly(sock: socket.socket, count: int) -> bytes:
 
 def recv_until_closed(sock: socket.socket, limit: int = 1 << 26) -> tuple[bytes, str]:
     """All bytes until the peer closes: (bytes, 'eof' | 'reset' | 'timeout')."""
-    chunks, received = [], 0
+    chunks: list[bytes] = []
+    received = 0
     try:
         while received < limit:
             data = sock.recv(65536)
@@ -537,17 +535,6 @@ def expect_closed(proxy: Proxy, before: collections.Counter[str], **reasons: int
     with contextlib.suppress(AssertionError):
         wait_for(lambda: delta() == reasons, 5)
     assert delta() == reasons
-
-
-@contextlib.contextmanager
-def running(*things: Any) -> Iterator[None]:
-    """Stop every started thing (reverse order), also when the test fails."""
-    try:
-        yield
-    finally:
-        for thing in reversed(things):
-            with contextlib.suppress(Exception):
-                thing.stop()
 
 
 class Stream:

@@ -11,6 +11,7 @@ garbage, sends an endless head, closes mid-head or resets a tunnel on its own.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import socket
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from .lab import (
     FaultGateway,
     Proxy,
     ReadyWatch,
+    Script,
     answer,
     attempt,
     echo_then_reset,
@@ -38,11 +40,11 @@ from .lab import (
 )
 
 
-def queue(*scripts: object) -> Callable[[FaultGateway], None]:
-    return lambda fault: fault.faults.extend(scripts)  # type: ignore[arg-type]
+def queue(*scripts: Script) -> Callable[[FaultGateway], None]:
+    return lambda fault: fault.faults.extend(scripts)
 
 
-async def close_mid_head(reader, writer) -> None:  # type: ignore[no-untyped-def]
+async def close_mid_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.readuntil(b"\r\n\r\n")
     writer.write(b"HTTP/1.1 200 Connection established\r\nX-Half: ")
     await writer.drain()

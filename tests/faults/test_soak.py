@@ -114,6 +114,7 @@ SCENARIOS: dict[str, Callable[[Lab], dict[str, int]]] = {
 
 @pytest.mark.soak
 @pytest.mark.envoy
+@pytest.mark.timeout(SECONDS + 180)
 def test_soak(lab: Lab) -> None:
     proxy = lab.proxy
     rng = random.Random(7)
