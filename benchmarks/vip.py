@@ -6,25 +6,19 @@ address` timestamps each deletion and re-addition. The Go sidecar repairs only o
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from datetime import datetime
 from typing import Any
 
+from apiproxy.lab.address_monitor import AddressMonitor
 from apiproxy.lab.proxy import ApiproxyProcess
 
 VIP = "240.168.102.23"
 LINK = "apiserver-proxy"
-MARKER = "10.201.0.1"
 SYNC_INTERVAL_S = 60.0
-_LINE = re.compile(
-    r"^\[(?P<ts>[^\]]+)\] (?P<deleted>Deleted )?\d+: (?P<link>\S+)\s+inet (?P<address>[^/ ]+)/"
-)
 
 
 def _ip(namespace: str, *args: str, check: bool = True) -> str:
@@ -45,47 +39,6 @@ def unavailable() -> str | None:
     return None
 
 
-class _Monitor:
-    def __init__(self, namespace: str) -> None:
-        self.process = subprocess.Popen(["ip", "-n", namespace, "-ts", "monitor", "address"],
-                                        stdout=subprocess.PIPE, text=True)  # fmt: skip
-        self.events: list[tuple[datetime, bool]] = []
-        self.seen_marker = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        # `ip monitor` subscribes some time after it starts: wait until it reports a marker address.
-        deadline = time.monotonic() + 10
-        while not self.seen_marker.is_set() and time.monotonic() < deadline:
-            _ip(namespace, "addr", "add", f"{MARKER}/32", "dev", "lo")
-            _ip(namespace, "addr", "del", f"{MARKER}/32", "dev", "lo")
-            self.seen_marker.wait(0.05)
-        if not self.seen_marker.is_set():
-            self.stop()
-            raise RuntimeError("ip monitor reported nothing")
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            match = _LINE.match(line)
-            if match and match["address"] == MARKER:
-                self.seen_marker.set()
-            elif match and match["address"] == VIP:
-                self.events.append((datetime.fromisoformat(match["ts"]), bool(match["deleted"])))
-
-    def repair_times(self) -> list[float]:
-        times, deleted_at = [], None
-        for stamp, deleted in self.events:
-            if deleted:
-                deleted_at = stamp
-            elif deleted_at is not None:
-                times.append((stamp - deleted_at).total_seconds())
-                deleted_at = None
-        return times
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(5)
-
-
 def _vip_present(namespace: str) -> bool:
     return f"inet {VIP}/" in _ip(namespace, "addr", "show", "dev", LINK, check=False)
 
@@ -103,7 +56,7 @@ def measure(deletions: int) -> dict[str, Any]:
              "--metrics-address", "off", "--sync-interval", "1m"],
             command=["ip", "netns", "exec", namespace, sys.executable, "-m", "apiproxy"],
         ).start()  # fmt: skip
-        monitor = _Monitor(namespace)
+        monitor = AddressMonitor(namespace, VIP)
         try:
             for _ in range(deletions):
                 _ip(namespace, "addr", "del", f"{VIP}/32", "dev", LINK)

@@ -10,17 +10,15 @@ the kernel notification of the deletion to that of the re-added address, as `ip`
 
 from __future__ import annotations
 
-import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
 
 import pytest
 
+from apiproxy.lab.address_monitor import AddressMonitor
 from apiproxy.lab.certs import LabCertificates, make_certificates
 from apiproxy.lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig
 from apiproxy.lab.proxy import ApiproxyProcess
@@ -97,58 +95,8 @@ def test_a_tls_client_on_the_node_reaches_the_api_server_through_the_vip(topolog
     assert answer.stdout.strip() == "v1.33.0-apiproxy-lab"
 
 
-class AddressMonitor:
-    """`ip -ts monitor address` in the node namespace: timestamps of the VIP's deletions and additions."""
-
-    MARKER = "10.201.0.1"
-    LINE = re.compile(
-        r"^\[(?P<ts>[^\]]+)\] (?P<deleted>Deleted )?\d+: (?P<link>\S+)\s+inet (?P<address>[^/ ]+)/"
-    )
-
-    def __init__(self, namespace: Namespace) -> None:
-        self.process = subprocess.Popen(["ip", "-n", namespace.name, "-ts", "monitor", "address"],
-                                        stdout=subprocess.PIPE, text=True)  # fmt: skip
-        self.events: list[tuple[datetime, bool, str]] = []
-        self.seen_marker = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        # `ip monitor` subscribes some time after it starts: wait until it reports a marker address.
-        deadline = time.monotonic() + 10
-        while not self.seen_marker.is_set() and time.monotonic() < deadline:
-            namespace.ip("addr", "add", f"{self.MARKER}/32", "dev", "lo")
-            namespace.ip("addr", "del", f"{self.MARKER}/32", "dev", "lo")
-            self.seen_marker.wait(0.05)
-        assert self.seen_marker.is_set(), "ip monitor reported nothing"
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            match = self.LINE.match(line)
-            if match and match["address"] == self.MARKER:
-                self.seen_marker.set()
-            if match and match["address"] == VIP:
-                self.events.append(
-                    (datetime.fromisoformat(match["ts"]), bool(match["deleted"]), match["link"])
-                )
-
-    def repair_times(self) -> list[float]:
-        """Seconds from each deletion to the next addition of the VIP."""
-        times, deleted_at = [], None
-        for stamp, deleted, _ in self.events:
-            if deleted:
-                deleted_at = stamp
-            elif deleted_at is not None:
-                times.append((stamp - deleted_at).total_seconds())
-                deleted_at = None
-        return times
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(5)
-
-
 def test_deleted_address_is_back_in_milliseconds_and_the_client_gets_through(topology: Topology) -> None:
-    monitor = AddressMonitor(topology.node)
+    monitor = AddressMonitor(topology.node.name, VIP)
     try:
         for _ in range(7):
             topology.node.ip("addr", "del", f"{VIP}/32", "dev", LINK)
