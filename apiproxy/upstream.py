@@ -202,7 +202,12 @@ class Dialer:
                         "connect_error",
                         f"cannot connect to gateway {_format(address)}: {error.strerror or error}",
                     ) from None
-                transport, _ = await loop.create_connection(protocol_factory, sock=sock)
+                try:
+                    transport, _ = await loop.create_connection(protocol_factory, sock=sock)
+                except OSError as error:  # e.g. the peer reset between connect and registration
+                    raise UpstreamError(
+                        "connect_error", f"cannot use the connection to gateway {_format(address)}: {error}"
+                    ) from None
             except UpstreamError as error:
                 sock.close()
                 errors.append(error)

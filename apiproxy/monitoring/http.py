@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +49,13 @@ class _Server(ThreadingHTTPServer):
         self.metrics = metrics
         self.slots = threading.BoundedSemaphore(MAX_CONCURRENT)
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A probe that hangs up before the answer is written is routine, not worth a traceback.
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            return
+        log.warning("monitoring request from %s failed: %r", client_address, error)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
