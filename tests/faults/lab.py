@@ -16,6 +16,7 @@ import hashlib
 import os
 import random
 import re
+import select
 import socket
 import struct
 import subprocess
@@ -580,12 +581,21 @@ class Stream:
         self._stop.set()
 
     def _receive(self) -> None:
+        # Never block in recv() for long: the last echoed bytes can arrive before the sender thread has
+        # counted them or ended, and a recv() started then would wait for data that never comes. Waiting
+        # in short select() slices re-checks "sender done and everything back" at least every 0.2 s.
         try:
+            self.reading.wait()
+            idle_since = time.monotonic()
             while not (self._stop.is_set() and not self._sender.is_alive() and self.received >= self.sent):
-                self.reading.wait()
+                if not select.select([self.sock], [], [], 0.2)[0]:
+                    if time.monotonic() - idle_since > 30:
+                        raise TimeoutError(f"no echo for 30 s ({self.received} of {self.sent} bytes back)")
+                    continue
                 data = self.sock.recv(1 << 20)
                 if not data:
                     break
+                idle_since = time.monotonic()
                 self._received_hash.update(data)
                 self.received += len(data)
         except BaseException as error:
