@@ -79,6 +79,8 @@ class TunnelConfig:
     tcp_keepalive_interval: float = 55.0
     tcp_keepalive_probes: int = 9
     buffer_size: int = 32 * 1024
+    # Move a direction that carries bulk data onto splice(2) (zero copy), see `apiproxy.splice`.
+    splice: bool = True
 
 
 @dataclass(frozen=True, slots=True)

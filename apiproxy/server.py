@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from typing import Any
 
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 # Linux's IP_FREEBIND; Python 3.11's socket module lacks the constant.
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 OVERFLOW = "overflow"
+_HAS_SPLICE = hasattr(os, "splice")  # Linux
+# A splice pump that moved nothing between two checks this far apart is closed: a direction keeps its
+# pipe for 1-2 s after a burst, so a burst that resumes soon does not pay for a new one.
+PUMP_CHECK_INTERVAL = 1.0
 DRAINING = "draining"
 
 
@@ -59,6 +64,12 @@ class TunnelContext:
         )
         self.tunnels: set[Tunnel] = set()
         self.draining = False
+        self.splice = config.splice and _HAS_SPLICE
+        # After a pump could not get its descriptors, tunnels stay on the Protocol relay until then.
+        self.splice_retry_at = 0.0
+        # Tunnels with a splice pump, checked every PUMP_CHECK_INTERVAL s for directions gone quiet.
+        self.pumping: set[Tunnel] = set()
+        self._pump_check: asyncio.TimerHandle | None = None
 
     def admission(self) -> str | None:
         """None to admit a new connection, else the reason it is refused."""
@@ -67,6 +78,29 @@ class TunnelContext:
         if len(self.tunnels) >= self.max_connections:
             return OVERFLOW
         return None
+
+    def pump_started(self, tunnel: Tunnel, direction: str) -> None:
+        self.log_pump(tunnel, direction, "on a splice pump")
+        self.pumping.add(tunnel)
+        if self._pump_check is None:
+            self._pump_check = self.loop.call_later(PUMP_CHECK_INTERVAL, self._check_pumps)
+
+    def _check_pumps(self) -> None:
+        self._pump_check = None
+        for tunnel in list(self.pumping):
+            if not tunnel.release_quiet_pumps():
+                self.pumping.discard(tunnel)
+        if self.pumping:
+            self._pump_check = self.loop.call_later(PUMP_CHECK_INTERVAL, self._check_pumps)
+
+    def splice_unavailable(self, error: OSError) -> None:
+        self.splice_retry_at = self.loop.time() + 1.0
+        log.warning("no splice pump for a bulk tunnel (%s); relaying through the event loop for now", error)
+
+    def log_pump(self, tunnel: Tunnel, direction: str, what: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            peer = f"{tunnel.peer[0]}:{tunnel.peer[1]}" if tunnel.peer else "?"
+            log.debug("tunnel from %s: %s %s", peer, direction, what)
 
     def log_failure(self, tunnel: Tunnel, detail: str) -> None:
         peer = f"{tunnel.peer[0]}:{tunnel.peer[1]}" if tunnel.peer else "?"

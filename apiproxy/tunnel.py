@@ -4,7 +4,9 @@ This is the hot path. A tunnel is two asyncio Protocols wired to each other: `Tu
 (downstream) connection and `UpstreamSide` on the gateway connection. Once the gateway has accepted the
 CONNECT, each side's `data_received` writes straight into the other side's transport, and each side's
 `pause_writing` stops reading on the other: memory per tunnel is bounded by the two write buffers
-(`buffer_size` each) plus one read.
+(`buffer_size` each) plus one read. A direction that carries bulk data moves onto a splice pump
+(`splice.py`) for as long as it streams: the kernel moves its bytes, and the Protocol pair takes over again
+once it has gone quiet.
 
 Life of a tunnel:
   accepted -> (client bytes held, reading paused) -> gateway connected -> CONNECT sent -> 2xx read
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from .handshake import ConnectHandshake, HandshakeError
 from .proxy_protocol import encode_v2
+from .splice import SPLICE_THRESHOLD, SplicePump
 from .upstream import Address, UpstreamError
 
 if TYPE_CHECKING:
@@ -51,6 +54,10 @@ UPSTREAM_CLOSED = "upstream_closed"
 UPSTREAM_RESET = "upstream_reset"
 ANSWER_TIMEOUT = "answer_timeout"
 GATEWAY_REJECTED = "gateway_rejected"
+
+# The two directions of a tunnel, as logs name them.
+UP = "client -> gateway"
+DOWN = "gateway -> client"
 
 # SO_LINGER on with a zero timeout: close() then sends RST. asyncio's abort() alone only closes the
 # socket, which the kernel ends with a FIN when nothing is unread, turning a peer's reset into a clean end.
@@ -103,6 +110,8 @@ class UpstreamSide(asyncio.Protocol):
         if peer_write is not None:
             self.rx_bytes += len(data)
             peer_write(data)
+            if len(data) >= SPLICE_THRESHOLD and self.tunnel.context.splice:
+                self.tunnel.splice_down()
         else:
             self.head_bytes += len(data)
             self.tunnel.answer_received(data)
@@ -122,8 +131,9 @@ class UpstreamSide(asyncio.Protocol):
         self.tunnel.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if not self.tunnel.client_eof:
-            self.tunnel.transport.resume_reading()
+        tunnel = self.tunnel
+        if not tunnel.client_eof and tunnel.up_pump is None:  # a pump reads the client itself
+            tunnel.transport.resume_reading()
 
 
 class Tunnel(asyncio.Protocol):
@@ -135,6 +145,7 @@ class Tunnel(asyncio.Protocol):
         "client_lost",
         "connected_at",
         "context",
+        "down_pump",
         "ended_at",
         "established_at",
         "idle_mark",
@@ -151,6 +162,7 @@ class Tunnel(asyncio.Protocol):
         "started_at",
         "started_wall",
         "transport",
+        "up_pump",
         "upstream",
         "upstream_address",
     )
@@ -163,6 +175,9 @@ class Tunnel(asyncio.Protocol):
         self.peer: tuple[str, int] | None = None
         self.peer_write: Callable[[bytes], None] | None = None
         self.pending: list[bytes] | None = None
+        # Splice pumps of the two directions (client -> gateway, gateway -> client), once bulk data moves.
+        self.up_pump: SplicePump | None = None
+        self.down_pump: SplicePump | None = None
         self.setup: asyncio.Task[None] | None = None
         self.answer_timer: asyncio.TimerHandle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -224,6 +239,8 @@ class Tunnel(asyncio.Protocol):
         if peer_write is not None:
             self.rx_bytes += len(data)
             peer_write(data)
+            if len(data) >= SPLICE_THRESHOLD and self.context.splice:
+                self.splice_up()
             return
         # Before the gateway's 2xx. uvloop reads a new connection once even when connection_made paused
         # it, so early bytes do arrive: hold them (one read, bounded) for after the answer.
@@ -247,6 +264,7 @@ class Tunnel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client_lost = True
+        self._stop_pumps()
         if self.reason is None:
             if exc is not None:
                 self.reason = DOWNSTREAM_RESET
@@ -270,7 +288,12 @@ class Tunnel(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         upstream = self.upstream
-        if upstream is not None and upstream.transport is not None and not upstream.eof:
+        if (
+            upstream is not None
+            and upstream.transport is not None
+            and not upstream.eof
+            and self.down_pump is None
+        ):
             upstream.transport.resume_reading()
 
     # --- gateway side ---------------------------------------------------------------------------------
@@ -364,6 +387,7 @@ class Tunnel(asyncio.Protocol):
             self.transport.write_eof()
 
     def upstream_lost(self, exc: Exception | None) -> None:
+        self._stop_pumps()
         if self.reason is None:
             if exc is not None:
                 self.reason = UPSTREAM_RESET
@@ -378,6 +402,120 @@ class Tunnel(asyncio.Protocol):
             else:
                 self.transport.close()
         self._maybe_finish()
+
+    # --- splice (bulk directions; see splice.py) ------------------------------------------------------
+
+    def splice_up(self) -> None:
+        """Carry client -> gateway with a splice pump from now on."""
+        upstream = self.upstream
+        if self.up_pump is not None or upstream is None or upstream.transport is None:
+            return
+        pump = self._open_pump(
+            self.transport, upstream.transport, self._up_moved, self.eof_received, self._client_broken,
+            self._gateway_broken,
+        )  # fmt: skip
+        if pump is not None:
+            self.transport.pause_reading()
+            self.up_pump = pump
+            pump.start()
+            self.context.pump_started(self, UP)
+
+    def splice_down(self) -> None:
+        """Carry gateway -> client with a splice pump from now on."""
+        upstream = self.upstream
+        if self.down_pump is not None or upstream is None or upstream.transport is None:
+            return
+        pump = self._open_pump(
+            upstream.transport, self.transport, self._down_moved, upstream.eof_received, self._gateway_broken,
+            self._client_broken,
+        )  # fmt: skip
+        if pump is not None:
+            upstream.transport.pause_reading()
+            self.down_pump = pump
+            pump.start()
+            self.context.pump_started(self, DOWN)
+
+    def release_quiet_pumps(self) -> bool:
+        """Hand a direction that has gone quiet back to its transports (frees the pump's pipe and
+        descriptors). True while a pump remains."""
+        upstream = self.upstream
+        if self.up_pump is not None and self.up_pump.quiet():
+            self.up_pump.close()
+            self.up_pump = None
+            self.context.log_pump(self, UP, "back on the event loop")
+            if not (self.client_eof or self.client_lost):
+                self.transport.resume_reading()
+        if self.down_pump is not None and self.down_pump.quiet():
+            self.down_pump.close()
+            self.down_pump = None
+            self.context.log_pump(self, DOWN, "back on the event loop")
+            if (
+                upstream is not None
+                and upstream.transport is not None
+                and not (upstream.eof or upstream.lost)
+            ):
+                upstream.transport.resume_reading()
+        return self.up_pump is not None or self.down_pump is not None
+
+    def _open_pump(
+        self,
+        src: asyncio.Transport,
+        dst: asyncio.Transport,
+        on_moved: Callable[[int], None],
+        on_eof: Callable[[], object],
+        on_read_error: Callable[[OSError], None],
+        on_write_error: Callable[[OSError], None],
+    ) -> SplicePump | None:
+        # Only from a clean point: the Protocol relay has nothing buffered for `dst`, so no byte can pass
+        # another, and neither connection is on its way out.
+        if self.reason is not None or dst.get_write_buffer_size() or dst.is_closing() or src.is_closing():
+            return None
+        context = self.context
+        if context.loop.time() < context.splice_retry_at:
+            return None
+        try:
+            return SplicePump.open(context.loop, src, dst, on_moved, on_eof, on_read_error, on_write_error)
+        except OSError as error:  # out of descriptors: the Protocol relay goes on; retry in a second
+            context.splice_unavailable(error)
+            return None
+
+    def _up_moved(self, count: int) -> None:
+        self.rx_bytes += count
+
+    def _down_moved(self, count: int) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.rx_bytes += count
+
+    def _client_broken(self, error: OSError) -> None:
+        self._splice_failed(True)
+
+    def _gateway_broken(self, error: OSError) -> None:
+        self._splice_failed(False)
+
+    def _splice_failed(self, client_side: bool) -> None:
+        """A pump's read or write failed on one connection (a reset, as the transports report it): that side
+        is closed and the reset carried to the other, as connection_lost does for the Protocol relay."""
+        if self.reason is None:
+            self.reason = DOWNSTREAM_RESET if client_side else UPSTREAM_RESET
+        self._stop_pumps()
+        upstream = self.upstream
+        gateway = upstream.transport if upstream is not None and not upstream.lost else None
+        client = None if self.client_lost else self.transport
+        broken, other = (client, gateway) if client_side else (gateway, client)
+        if other is not None:
+            reset(other)
+        if broken is not None:
+            broken.abort()
+
+    def _stop_pumps(self) -> None:
+        # Before the transports close: the pumps' duplicate descriptors would keep the sockets open.
+        if self.up_pump is not None:
+            self.up_pump.close()
+            self.up_pump = None
+        if self.down_pump is not None:
+            self.down_pump.close()
+            self.down_pump = None
 
     # --- endings --------------------------------------------------------------------------------------
 
@@ -412,6 +550,7 @@ class Tunnel(asyncio.Protocol):
         """End both connections after flushing what is buffered."""
         if self.reason is None:
             self.reason = reason
+        self._stop_pumps()
         if self.answer_timer is not None:
             self.answer_timer.cancel()
             self.answer_timer = None
@@ -428,6 +567,7 @@ class Tunnel(asyncio.Protocol):
         """End both connections at once, dropping buffered bytes (idle timeout, end of drain)."""
         if self.reason is None:
             self.reason = reason
+        self._stop_pumps()
         if self.setup is not None and not self.setup.done():
             self.setup.cancel()
         upstream = self.upstream

@@ -56,6 +56,7 @@ class TunnelOptions:
     tcp_keepalive_time: str
     tcp_keepalive_interval: str
     buffer_size: str
+    splice: bool = True
 
     def build(self) -> TunnelConfig:
         if not self.upstream:
@@ -94,6 +95,7 @@ class TunnelOptions:
             tcp_keepalive_time=_whole_seconds("--tcp-keepalive-time", self.tcp_keepalive_time),
             tcp_keepalive_interval=_whole_seconds("--tcp-keepalive-interval", self.tcp_keepalive_interval),
             buffer_size=parse_size("--buffer-size", self.buffer_size, minimum=1024, maximum=64 * 1024 * 1024),
+            splice=self.splice,
         )
 
 
@@ -239,6 +241,14 @@ KeepaliveIntervalOpt = Annotated[
 BufferSizeOpt = Annotated[
     str, _opt("--buffer-size", env="BUFFER_SIZE", help="Write buffer per direction and tunnel.")
 ]
+SpliceOpt = Annotated[
+    bool,
+    _opt(
+        "--splice/--no-splice",
+        env="SPLICE",
+        help="Carry a direction that moves bulk data with splice(2), zero copy (Linux).",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -264,6 +274,7 @@ def register(app: typer.Typer) -> None:
         tcp_keepalive_time: KeepaliveTimeOpt = "7200s",
         tcp_keepalive_interval: KeepaliveIntervalOpt = "55s",
         buffer_size: BufferSizeOpt = "32KiB",
+        splice: SpliceOpt = True,
         max_connections: Annotated[
             str,
             _opt(
@@ -346,7 +357,7 @@ def register(app: typer.Typer) -> None:
         tunnel = TunnelOptions(
             upstream, connect_authority, destination, destination_header, upstream_protocol, dns_family, dns_refresh,
             connect_timeout, connect_answer_timeout, idle_timeout, tcp_keepalive_time, tcp_keepalive_interval,
-            buffer_size,
+            buffer_size, splice,
         ).build()  # fmt: skip
         listener, vip = build_listener(listen, ip_address, max_connections)
         vip_config = None

@@ -41,6 +41,7 @@ from .run import (
     IdleTimeoutOpt,
     KeepaliveIntervalOpt,
     KeepaliveTimeOpt,
+    SpliceOpt,
     TunnelOptions,
     UpstreamOpt,
     _opt,
@@ -260,6 +261,7 @@ def register(app: typer.Typer) -> None:
         tcp_keepalive_time: KeepaliveTimeOpt = "7200s",
         tcp_keepalive_interval: KeepaliveIntervalOpt = "55s",
         buffer_size: BufferSizeOpt = "32KiB",
+        splice: SpliceOpt = True,
         drain_timeout: Annotated[
             str,
             _opt("--drain-timeout", env="DRAIN_TIMEOUT", help="On Ctrl-C, wait this long for open tunnels."),
@@ -282,7 +284,7 @@ def register(app: typer.Typer) -> None:
         tunnel_config = TunnelOptions(
             upstream, connect_authority, chosen, destination_header, "connect", dns_family, dns_refresh,
             connect_timeout, connect_answer_timeout, idle_timeout, tcp_keepalive_time, tcp_keepalive_interval,
-            buffer_size,
+            buffer_size, splice,
         ).build()  # fmt: skip
         listener, _ = build_listener(listen, None, "10000")
         copy = plan_kubeconfig(
