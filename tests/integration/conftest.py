@@ -5,8 +5,13 @@ Backends run on a loop thread; Envoy and apiproxy are child processes ended by P
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import re
 import socket
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -109,3 +114,81 @@ def start_proxy(world: World) -> Iterator[StartProxy]:
     finally:
         for process in started:
             process.cleanup()
+
+
+# --- scripted CONNECT servers: what no real gateway lets us observe -----------------------------------
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+SCRIPTED_DESTINATION = "outbound|443||kube-apiserver.shoot--foo--bar.svc.cluster.local"
+
+
+@dataclass
+class ScriptedProxy:
+    """`apiproxy run` in front of a scripted CONNECT server, with its monitoring port on loopback."""
+
+    process: ApiproxyProcess
+    port: int
+    metrics_port: int
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+    def closed(self, reason: str) -> float:
+        """apiproxy_tunnels_closed_total for one reason, from a live scrape."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+        pattern = rf'^apiproxy_tunnels_closed_total{{[^}}]*reason="{re.escape(reason)}"[^}}]*}} (\S+)$'
+        return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.MULTILINE))
+
+    def descriptors(self) -> list[str]:
+        """What each open descriptor of the process is (readlink of /proc/PID/fd/*)."""
+        fd_dir = f"/proc/{self.process.pid}/fd"
+        found = []
+        for name in os.listdir(fd_dir):
+            with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+                found.append(os.readlink(f"{fd_dir}/{name}"))
+        return found
+
+    def pipes(self) -> int:
+        return sum(1 for target in self.descriptors() if target.startswith("pipe:"))
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    with LoopThread() as thread:
+        yield thread
+
+
+@pytest.fixture
+def scripted_proxy(loop_thread: LoopThread) -> Iterator[Callable[..., ScriptedProxy]]:
+    """Starts a scripted gateway (`handler` per connection, on a loop thread) and `apiproxy run` in front of
+    it; both are ended after the test."""
+    processes: list[ApiproxyProcess] = []
+
+    def start(handler: Handler, *extra: str) -> ScriptedProxy:
+        async def listen() -> int:
+            server = await asyncio.start_server(handler, "127.0.0.1", 0)
+            return int(server.sockets[0].getsockname()[1])
+
+        gateway_port = loop_thread.run(listen())
+        port, metrics_port = free_port(), free_port()
+        process = ApiproxyProcess([
+            "run", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{gateway_port}",
+            "--destination", SCRIPTED_DESTINATION, "--metrics-address", f"127.0.0.1:{metrics_port}", *extra,
+        ])  # fmt: skip
+        processes.append(process)
+        process.start()
+        return ScriptedProxy(process, port, metrics_port)
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            process.cleanup()
+
+
+@pytest.fixture
+def serve_through_proxy(scripted_proxy: Callable[..., ScriptedProxy]) -> Callable[..., int]:
+    """`scripted_proxy`, for tests that need only the proxy's port."""
+    return lambda handler, *extra: scripted_proxy(handler, *extra).port

@@ -15,55 +15,15 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 
-import pytest
-
-from apiproxy.lab.gateway import free_port
-from apiproxy.lab.loop_thread import LoopThread
-from apiproxy.lab.proxy import ApiproxyProcess
 from apiproxy.proxy_protocol import SIGNATURE
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
 async def read_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
-
-
-@pytest.fixture
-def loop_thread() -> Iterator[LoopThread]:
-    with LoopThread() as thread:
-        yield thread
-
-
-@pytest.fixture
-def serve_through_proxy(loop_thread: LoopThread) -> Iterator[Callable[..., int]]:
-    """Starts a scripted gateway and `apiproxy run` in front of it; returns the proxy's port."""
-    processes: list[ApiproxyProcess] = []
-
-    def start(handler: Handler, *extra: str) -> int:
-        async def listen() -> int:
-            server = await asyncio.start_server(handler, "127.0.0.1", 0)
-            return int(server.sockets[0].getsockname()[1])
-
-        gateway_port = loop_thread.run(listen())
-        port = free_port()
-        process = ApiproxyProcess([
-            "run", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{gateway_port}",
-            "--destination", "outbound|443||kube-apiserver.shoot--foo--bar.svc.cluster.local",
-            "--metrics-address", "off", *extra,
-        ])  # fmt: skip
-        processes.append(process)
-        process.start()
-        return port
-
-    try:
-        yield start
-    finally:
-        for process in processes:
-            process.cleanup()
 
 
 def test_no_client_byte_before_the_answer_and_all_of_them_after(
