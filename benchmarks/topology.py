@@ -187,10 +187,12 @@ def _start_envoy(concurrency: int, destination: str, backends: Backends) -> Node
 
 
 def _start_apiproxy(destination: str, backends: Backends) -> NodeProxy:
-    port = free_port()
+    # As deployed, and as the node Envoy runs here: metrics served (Envoy names too) and the access log
+    # on, to a file as a container runtime would take stdout.
+    port, metrics_port = free_port(), free_port()
     proxy = ApiproxyProcess([
         "run", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{backends.gateway_port}",
-        "--destination", destination, "--metrics-address", "off", "--no-access-log",
+        "--destination", destination, "--metrics-address", f"127.0.0.1:{metrics_port}",
         "--max-connections", str(MAX_TUNNELS),
     ]).start()  # fmt: skip
     return NodeProxy("apiproxy", port, proxy.pid, proxy.cleanup)
