@@ -408,32 +408,18 @@ class Tunnel(asyncio.Protocol):
     def splice_up(self) -> None:
         """Carry client -> gateway with a splice pump from now on."""
         upstream = self.upstream
-        if self.up_pump is not None or upstream is None or upstream.transport is None:
-            return
-        pump = self._open_pump(
-            self.transport, upstream.transport, self._up_moved, self.eof_received, self._client_broken,
-            self._gateway_broken,
-        )  # fmt: skip
-        if pump is not None:
-            self.transport.pause_reading()
-            self.up_pump = pump
-            pump.start()
-            self.context.pump_started(self, UP)
+        if self.up_pump is None and upstream is not None and upstream.transport is not None:
+            self.up_pump = self._start_pump(
+                UP, self.transport, upstream.transport, self._up_moved, self.eof_received
+            )
 
     def splice_down(self) -> None:
         """Carry gateway -> client with a splice pump from now on."""
         upstream = self.upstream
-        if self.down_pump is not None or upstream is None or upstream.transport is None:
-            return
-        pump = self._open_pump(
-            upstream.transport, self.transport, self._down_moved, upstream.eof_received, self._gateway_broken,
-            self._client_broken,
-        )  # fmt: skip
-        if pump is not None:
-            upstream.transport.pause_reading()
-            self.down_pump = pump
-            pump.start()
-            self.context.pump_started(self, DOWN)
+        if self.down_pump is None and upstream is not None and upstream.transport is not None:
+            self.down_pump = self._start_pump(
+                DOWN, upstream.transport, self.transport, self._down_moved, upstream.eof_received
+            )
 
     def release_quiet_pumps(self) -> bool:
         """Hand a direction that has gone quiet back to its transports (frees the pump's pipe and
@@ -457,14 +443,13 @@ class Tunnel(asyncio.Protocol):
                 upstream.transport.resume_reading()
         return self.up_pump is not None or self.down_pump is not None
 
-    def _open_pump(
+    def _start_pump(
         self,
+        direction: str,
         src: asyncio.Transport,
         dst: asyncio.Transport,
         on_moved: Callable[[int], None],
         on_eof: Callable[[], object],
-        on_read_error: Callable[[OSError], None],
-        on_write_error: Callable[[OSError], None],
     ) -> SplicePump | None:
         # Only from a clean point: the Protocol relay has nothing buffered for `dst`, so no byte can pass
         # another, and neither connection is on its way out.
@@ -473,11 +458,21 @@ class Tunnel(asyncio.Protocol):
         context = self.context
         if context.loop.time() < context.splice_retry_at:
             return None
+        # A failed read is the source's connection failing, a failed write the destination's.
+        src_broken, dst_broken = (
+            (self._client_broken, self._gateway_broken)
+            if direction == UP
+            else (self._gateway_broken, self._client_broken)
+        )
         try:
-            return SplicePump.open(context.loop, src, dst, on_moved, on_eof, on_read_error, on_write_error)
+            pump = SplicePump.open(context.loop, src, dst, on_moved, on_eof, src_broken, dst_broken)
         except OSError as error:  # out of descriptors: the Protocol relay goes on; retry in a second
             context.splice_unavailable(error)
             return None
+        src.pause_reading()  # the pump reads it from now on
+        pump.start()
+        context.pump_started(self, direction)
+        return pump
 
     def _up_moved(self, count: int) -> None:
         self.rx_bytes += count
