@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from typing import Any
 
+from . import splice
 from .config import ConfigError, ListenerConfig, TunnelConfig, UpstreamProtocol
 from .handshake import build_connect_request
 from .tunnel import DRAIN_TIMEOUT, Tunnel, TunnelObserver
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 # Linux's IP_FREEBIND; Python 3.11's socket module lacks the constant.
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 OVERFLOW = "overflow"
-_HAS_SPLICE = hasattr(os, "splice")  # Linux
 # A splice pump that moved nothing between two checks this far apart is closed: a direction keeps its
 # pipe for 1-2 s after a burst, so a burst that resumes soon does not pay for a new one.
 PUMP_CHECK_INTERVAL = 1.0
@@ -64,7 +63,7 @@ class TunnelContext:
         )
         self.tunnels: set[Tunnel] = set()
         self.draining = False
-        self.splice = config.splice and _HAS_SPLICE
+        self.splice = config.splice and splice.AVAILABLE
         # After a pump could not get its descriptors, tunnels stay on the Protocol relay until then.
         self.splice_retry_at = 0.0
         # Tunnels with a splice pump, checked every PUMP_CHECK_INTERVAL s for directions gone quiet.

@@ -42,7 +42,9 @@ _ROUNDS = 8
 PIPE_SIZE = 256 * 1024
 MIN_PIPE_SIZE = 64 * 1024
 _CHUNK = 1 << 20  # at most a pipe's capacity moves per splice anyway
-_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+# splice(2) is Linux's; elsewhere every tunnel stays on the Protocol pair.
+AVAILABLE = hasattr(os, "splice")
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
 def _fileno(transport: asyncio.BaseTransport) -> int:
