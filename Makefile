@@ -21,8 +21,8 @@ demo: venv
 test: venv
 	bash scripts/install-system-deps.sh
 	bash deploy/install-tools.sh
-	$(VENV)/bin/ruff check apiproxy tests benchmarks
-	$(VENV)/bin/ruff format --check apiproxy tests benchmarks
+	$(VENV)/bin/ruff check apiproxy lab tests benchmarks
+	$(VENV)/bin/ruff format --check apiproxy lab tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -m "not soak" $(PYTEST_ARGS)
 

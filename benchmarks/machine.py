@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from apiproxy.lab.gateway import envoy_binary
+from lab.gateway import envoy_binary
 
 
 def _first_line(args: list[str]) -> str:

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from apiproxy.lab.gateway import EnvoyProcess, GatewayConfig, envoy_binary, free_port, start_gateway
-from apiproxy.lab.proxy import ApiproxyProcess
+from lab.gateway import EnvoyProcess, GatewayConfig, envoy_binary, free_port, start_gateway
+from lab.proxy import ApiproxyProcess
 
 # Gardener's envoy.yaml as the tests keep it; rendered here for loopback as tests/envoy/render.py does.
 GARDENER_ENVOY_YAML = Path(__file__).resolve().parents[1] / "tests" / "envoy" / "gardener-envoy.yaml"

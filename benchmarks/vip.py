@@ -13,8 +13,8 @@ import sys
 import time
 from typing import Any
 
-from apiproxy.lab.address_monitor import AddressMonitor
-from apiproxy.lab.proxy import ApiproxyProcess
+from lab.address_monitor import AddressMonitor
+from lab.proxy import ApiproxyProcess
 
 VIP = "240.168.102.23"
 LINK = "apiserver-proxy"

@@ -20,9 +20,9 @@ import pytest
 
 from apiproxy.cli import main
 from apiproxy.cli.tunnel import shoot_destination
-from apiproxy.lab.backend import NAMESPACES, VERSION_INFO, KubeAPIStub
-from apiproxy.lab.certs import LabCertificates, make_certificates
-from apiproxy.lab.gateway import (
+from lab.backend import NAMESPACES, VERSION_INFO, KubeAPIStub
+from lab.certs import LabCertificates, make_certificates
+from lab.gateway import (
     DESTINATION,
     DESTINATION_PATTERN,
     SHOOT_NAMESPACE,
@@ -31,7 +31,7 @@ from apiproxy.lab.gateway import (
     free_port,
     start_gateway,
 )
-from apiproxy.lab.proxy import ApiproxyProcess
+from lab.proxy import ApiproxyProcess
 
 API_HOST = "api.bar.foo.internal.example.com"
 SOCKET_DESTINATION = f"{SHOOT_NAMESPACE}--kube-apiserver-socket"

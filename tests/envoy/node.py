@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from apiproxy.lab.gateway import envoy_binary
+from lab.gateway import envoy_binary
 
 APIPROXY_ENVOY = str(Path(sys.executable).with_name("apiproxy-envoy"))
 KINDS = ("envoy", "apiproxy")

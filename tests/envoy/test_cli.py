@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from apiproxy.envoy.cli import run
-from apiproxy.lab.gateway import free_port
+from lab.gateway import free_port
 
 from .node import APIPROXY_ENVOY, gardener_command, get, node_proxy
 from .render import EXAMPLE, example, render_loopback

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from apiproxy.envoy.cli import run
-from apiproxy.lab.gateway import envoy_binary
+from lab.gateway import envoy_binary
 
 from .render import example, tcp_proxy_of
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy.lab.certs import LabCertificates, make_certificates
-from apiproxy.lab.gateway import DESTINATION, GatewayConfig, free_port, start_gateway
-from apiproxy.lab.loop_thread import EchoThread
 from apiproxy.monitoring.envoy_stats import NAMES
+from lab.certs import LabCertificates, make_certificates
+from lab.gateway import DESTINATION, GatewayConfig, free_port, start_gateway
+from lab.loop_thread import EchoThread
 
 from .node import KINDS, get, node_proxy
 from .render import render_loopback

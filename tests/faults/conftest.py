@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from apiproxy.lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig, start_gateway
+from lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig, start_gateway
 
 from .lab import Echo, FaultGateway, Held, Net, Proxy
 

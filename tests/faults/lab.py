@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from apiproxy.lab.backend import EchoServer
-from apiproxy.lab.gateway import DESTINATION, free_port
-from apiproxy.lab.proxy import ApiproxyProcess
+from lab.backend import EchoServer
+from lab.gateway import DESTINATION, free_port
+from lab.proxy import ApiproxyProcess
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -628,7 +628,7 @@ class Stream:
 
 ECHO_MAIN = """
 import asyncio, sys
-from apiproxy.lab.backend import EchoServer
+from lab.backend import EchoServer
 
 async def main() -> None:
     port = await EchoServer().start()

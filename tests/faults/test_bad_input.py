@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from apiproxy.lab.gateway import free_port
+from lab.gateway import free_port
 
 # (flag named in the error, arguments replacing the defaults, environment)
 CASES: dict[str, tuple[str, list[str], dict[str, str]]] = {

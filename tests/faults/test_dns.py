@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from apiproxy.lab.gateway import DESTINATION, GatewayConfig, free_port, start_gateway
+from lab.gateway import DESTINATION, GatewayConfig, free_port, start_gateway
 
 from .lab import (
     Echo,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
-from apiproxy.lab.gateway import SHOOT_NAMESPACE
+from lab.gateway import SHOOT_NAMESPACE
 
 from .conftest import Lab
 from .lab import (

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from apiproxy.lab.gateway import DESTINATION, GatewayConfig, start_gateway
+from lab.gateway import DESTINATION, GatewayConfig, start_gateway
 
 from .lab import EchoProcess, Held, Net, Proxy, ReadyWatch, settled, wait_for
 

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from apiproxy.handshake import build_connect_request
-from apiproxy.lab.gateway import DESTINATION
+from lab.gateway import DESTINATION
 
 from .conftest import Lab
 from .lab import ReadyWatch, expect_closed, recv_exactly, settled

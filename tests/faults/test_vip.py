@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from apiproxy.lab.gateway import DESTINATION, GatewayConfig, start_gateway
+from lab.gateway import DESTINATION, GatewayConfig, start_gateway
 
 from .lab import (
     Echo,

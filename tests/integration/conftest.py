@@ -18,11 +18,11 @@ from typing import Protocol
 
 import pytest
 
-from apiproxy.lab.backend import EchoServer, KubeAPIStub
-from apiproxy.lab.certs import LabCertificates, make_certificates
-from apiproxy.lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig, free_port, start_gateway
-from apiproxy.lab.loop_thread import LoopThread
-from apiproxy.lab.proxy import ApiproxyProcess
+from lab.backend import EchoServer, KubeAPIStub
+from lab.certs import LabCertificates, make_certificates
+from lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig, free_port, start_gateway
+from lab.loop_thread import LoopThread
+from lab.proxy import ApiproxyProcess
 
 KUBE_DESTINATION = "outbound|443||kube-apiserver.shoot--foo--kube.svc.cluster.local"
 RESET_DESTINATION = "outbound|443||kube-apiserver.shoot--foo--reset.svc.cluster.local"

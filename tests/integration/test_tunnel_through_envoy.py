@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from apiproxy.lab.gateway import DESTINATION
+from lab.gateway import DESTINATION
 
 from .conftest import KUBE_DESTINATION, RESET_DESTINATION, StartProxy, World
 

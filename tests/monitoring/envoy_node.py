@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from apiproxy.lab.gateway import EnvoyProcess, free_port
+from lab.gateway import EnvoyProcess, free_port
 
 # A copy of the project's example of Gardener's rendered envoy.yaml.
 GARDENER_ENVOY_YAML = Path(__file__).with_name("gardener-envoy.yaml")

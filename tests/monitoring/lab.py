@@ -13,9 +13,9 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from apiproxy.lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig, free_port, start_gateway
-from apiproxy.lab.loop_thread import EchoThread
-from apiproxy.lab.proxy import ApiproxyProcess
+from lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig, free_port, start_gateway
+from lab.loop_thread import EchoThread
+from lab.proxy import ApiproxyProcess
 
 
 @contextmanager

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy.lab.gateway import free_port
-from apiproxy.lab.proxy import ApiproxyProcess
 from apiproxy.monitoring.http import MAX_CONCURRENT
+from lab.gateway import free_port
+from lab.proxy import ApiproxyProcess
 
 from .lab import apiproxy, echo_and_gateway, echo_tunnel, get, wait_for
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from apiproxy.handshake import build_connect_request
-from apiproxy.lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig, start_gateway
 from apiproxy.monitoring.envoy_stats import NAMES
+from lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig, start_gateway
 
 from .envoy_node import envoy_prometheus, samples, start_node_envoy
 from .lab import EchoThread, apiproxy, echo_tunnel, get, wait_for

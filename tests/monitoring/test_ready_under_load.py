@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy.lab.gateway import DESTINATION, GatewayConfig, free_port, start_gateway
+from lab.gateway import DESTINATION, GatewayConfig, free_port, start_gateway
 
 from .lab import apiproxy
 

