@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .addresses import host_port
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -51,7 +53,7 @@ class Endpoint:
             return None
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 DEFAULT_DESTINATION_HEADER = "X-Gardener-Destination"

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .addresses import host_port
+
 Kubeconfig = dict[str, Any]
 
 
@@ -68,7 +70,7 @@ def local_server_url(host: str, port: int, scheme: str = "https") -> str:
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+    return f"{scheme}://{host_port(host, port)}"
 
 
 def _named(document: Kubeconfig, section: str, name: str, source: str) -> dict[str, Any]:

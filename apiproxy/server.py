@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 from . import splice
+from .addresses import peer as format_peer
 from .config import ConfigError, ListenerConfig, TunnelConfig, UpstreamProtocol
 from .handshake import build_connect_request
 from .tunnel import DRAIN_TIMEOUT, Tunnel, TunnelObserver
@@ -98,12 +99,10 @@ class TunnelContext:
 
     def log_pump(self, tunnel: Tunnel, direction: str, what: str) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            peer = f"{tunnel.peer[0]}:{tunnel.peer[1]}" if tunnel.peer else "?"
-            log.debug("tunnel from %s: %s %s", peer, direction, what)
+            log.debug("tunnel from %s: %s %s", format_peer(tunnel.peer), direction, what)
 
     def log_failure(self, tunnel: Tunnel, detail: str) -> None:
-        peer = f"{tunnel.peer[0]}:{tunnel.peer[1]}" if tunnel.peer else "?"
-        log.warning("tunnel from %s failed (%s): %s", peer, tunnel.reason, detail)
+        log.warning("tunnel from %s failed (%s): %s", format_peer(tunnel.peer), tunnel.reason, detail)
 
 
 class ProxyServer:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .addresses import host_port
 from .config import DNSFamily, Endpoint, TunnelConfig
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,9 @@ class Resolver:
         self._notify(True, started)
         if addresses != self._addresses:
             log.info(
-                "gateway %s resolves to %s", self.endpoint.host, ", ".join(_format(a) for a in addresses)
+                "gateway %s resolves to %s",
+                self.endpoint.host,
+                ", ".join(format_address(a) for a in addresses),
             )
         self._addresses = addresses
         self._expires = time.monotonic() + self.refresh
@@ -119,13 +122,8 @@ def _unique(addresses: list[Address]) -> list[Address]:
     return [a for a in addresses if not (a in seen or seen.add(a))]  # type: ignore[func-returns-value]
 
 
-def _format(address: Address) -> str:
-    host, port = address[1][0], address[1][1]
-    return f"[{host}]:{port}" if address[0] == socket.AF_INET6 else f"{host}:{port}"
-
-
 def format_address(address: Address) -> str:
-    return _format(address)
+    return host_port(address[1][0], address[1][1])
 
 
 class Dialer:
@@ -181,22 +179,23 @@ class Dialer:
         except TimeoutError:
             raise UpstreamError(
                 "connect_timeout",
-                f"connecting to gateway {_format(address)} timed out after {self.config.connect_timeout:g}s",
+                f"connecting to gateway {format_address(address)} timed out after {self.config.connect_timeout:g}s",
             ) from None
         except ConnectionRefusedError:
             raise UpstreamError(
-                "connect_refused", f"gateway {_format(address)} refused the connection"
+                "connect_refused", f"gateway {format_address(address)} refused the connection"
             ) from None
         except OSError as error:  # unreachable, reset, or no descriptor for a socket (EMFILE)
             raise UpstreamError(
-                "connect_error", f"cannot connect to gateway {_format(address)}: {error.strerror or error}"
+                "connect_error",
+                f"cannot connect to gateway {format_address(address)}: {error.strerror or error}",
             ) from None
         try:
             _set_keepalive(transport, self.config)
         except OSError as error:  # the peer reset the connection already
             transport.abort()
             raise UpstreamError(
-                "connect_error", f"cannot use the connection to gateway {_format(address)}: {error}"
+                "connect_error", f"cannot use the connection to gateway {format_address(address)}: {error}"
             ) from None
         return transport
 

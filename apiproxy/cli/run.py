@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Annotated, TypeVar
 
 import typer
 
+from ..addresses import bracket, host_port
 from ..config import (
     DEFAULT_DESTINATION_HEADER,
     DEFAULT_MONITORING_ADDRESSES,
@@ -20,7 +20,6 @@ from ..config import (
     ProxyConfig,
     TunnelConfig,
     UpstreamProtocol,
-    VIPConfig,
     parse_authority,
     parse_duration,
     parse_endpoint,
@@ -30,6 +29,7 @@ from ..config import (
     parse_ip,
     parse_size,
 )
+from ..vip.options import build_vip
 
 
 def _opt(*names: str, env: str, help: str) -> typer.models.OptionInfo:
@@ -80,7 +80,7 @@ class TunnelOptions:
             authority = (
                 parse_authority("--connect-authority", self.connect_authority)
                 if self.connect_authority
-                else parse_authority("--upstream", f"{_bracket(upstream.host)}:443")
+                else parse_authority("--upstream", f"{bracket(upstream.host)}:443")
             )
         return TunnelConfig(
             upstream=upstream,
@@ -97,10 +97,6 @@ class TunnelOptions:
             buffer_size=parse_size("--buffer-size", self.buffer_size, minimum=1024, maximum=64 * 1024 * 1024),
             splice=self.splice,
         )
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _whole_seconds(option: str, value: str) -> float:
@@ -128,31 +124,11 @@ def build_listener(
     if listen:
         endpoint = parse_endpoint("--listen", listen)
     elif vip is not None:
-        endpoint = parse_endpoint("--ip-address", f"[{vip}]:443" if vip.version == 6 else f"{vip}:443")
+        endpoint = parse_endpoint("--ip-address", host_port(str(vip), 443))
     else:
         raise ConfigError("--listen", "", "HOST:PORT to accept on, or --ip-address (then VIP:443)")
     limit = parse_int("--max-connections", max_connections, minimum=1, maximum=1_000_000)
     return ListenerConfig(listen=endpoint, max_connections=limit), vip
-
-
-_INTERFACE_NAME = re.compile(r"[^/\s:]{1,15}")
-
-
-def build_vip(
-    vip: IPAddress, interface: str, sync_interval: str, cleanup: bool, setup_iptables: bool, port: int
-) -> VIPConfig:
-    if not _INTERFACE_NAME.fullmatch(interface) or interface in (".", ".."):
-        raise ConfigError(
-            "--interface", interface, "a Linux interface name (1-15 characters, no '/', ':' or spaces)"
-        )
-    return VIPConfig(
-        address=vip,
-        interface=interface,
-        sync_interval=parse_duration("--sync-interval", sync_interval),
-        cleanup=cleanup,
-        setup_iptables=setup_iptables,
-        port=port,
-    )
 
 
 def build_monitoring(

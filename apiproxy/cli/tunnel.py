@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from ..addresses import host_port
+from ..addresses import peer as format_peer
 from ..config import ConfigError, ProxyConfig, parse_duration
 from ..kubeconfig import (
     Kubeconfig,
@@ -140,7 +142,7 @@ class TunnelStatusLog:
     def tunnel_closed(self, tunnel: Tunnel) -> None:
         if not log.isEnabledFor(logging.DEBUG):
             return
-        peer = f"{tunnel.peer[0]}:{tunnel.peer[1]}" if tunnel.peer else "?"
+        peer = format_peer(tunnel.peer)
         log.debug(
             "tunnel from %s closed (%s): %d bytes to the API server, %d bytes back, %.0f ms",
             peer,
@@ -151,12 +153,12 @@ class TunnelStatusLog:
         )
 
     def connection_rejected(self, reason: str, peer: tuple[str, int] | None) -> None:
-        log.info("connection from %s refused (%s)", f"{peer[0]}:{peer[1]}" if peer else "?", reason)
+        log.info("connection from %s refused (%s)", format_peer(peer), reason)
 
 
 def _format_listen(address: tuple[object, ...]) -> tuple[str, int, str]:
     host, port = str(address[0]), int(str(address[1]))
-    return host, port, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host, port, host_port(host, port)
 
 
 class ReadyWhenProbed:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import prometheus_client
 from prometheus_client import generate_latest
 
+from ..addresses import host_port
 from ..config import ConfigError, ProxyConfig
 from .access_log import FormatError, TunnelRecord, compile_format
 from .envoy_stats import EnvoyStats, listener_address_label
@@ -124,13 +125,13 @@ class Monitoring:
             host, port = error.address
             raise ConfigError(
                 "--metrics-address",
-                f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                host_port(host, port),
                 f"an address this host can listen on ({error.error.strerror or error.error})",
             ) from None
         if self.access_log is not None:
             self.access_log.start()
         self._publisher = asyncio.get_running_loop().create_task(self._publish_periodically())
-        log.info("monitoring on %s (/metrics, /ready)", ", ".join(_format(a) for a in self.endpoint.bound))
+        log.info("monitoring on %s (/metrics, /ready)", ", ".join(host_port(*a) for a in self.endpoint.bound))
 
     async def stop(self) -> None:
         if self._publisher is not None:
@@ -150,7 +151,3 @@ class Monitoring:
     def _log_tunnel(self, record: TunnelRecord) -> None:
         assert self._format_line is not None and self.access_log is not None
         self.access_log.write(self._format_line(record))
-
-
-def _format(address: tuple[str, int]) -> str:
-    return f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..addresses import host_port
+
 Address = tuple[str, int]
 
 
@@ -64,8 +66,7 @@ class FormatError(ValueError):
 def _address(value: Address | None) -> str:
     if value is None:
         return "-"
-    host, port = value
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(*value)
 
 
 def _host(value: Address | None) -> str:

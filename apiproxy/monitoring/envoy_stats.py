@@ -21,6 +21,8 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 
+from ..addresses import host_port
+
 # Envoy's default histogram bucket bounds (ms), as its Prometheus output lists them; then +Inf.
 ENVOY_BUCKETS_MS = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000,
@@ -53,8 +55,7 @@ NAMES = tuple(sorted([f"envoy_{c}" for c in COUNTERS] + [f"envoy_{h}_bucket" for
 
 def listener_address_label(host: str, port: int) -> str:
     """Envoy's stat name for a listen address: `240.168.102.23_443`, `[__1]_443` (':' becomes '_')."""
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return address.replace(":", "_")
+    return host_port(host, port).replace(":", "_")
 
 
 class Histogram:

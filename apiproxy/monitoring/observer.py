@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
+from ..addresses import peer as format_peer
 from ..server import OVERFLOW
 from ..tunnel import COMPLETED, Tunnel
 from .access_log import TunnelRecord
@@ -84,7 +85,7 @@ class MonitoringObserver:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "tunnel from %s closed (%s): %d bytes in, %d out, %.3fs",
-                _format(tunnel.peer),
+                format_peer(tunnel.peer),
                 reason,
                 rx,
                 tx,
@@ -172,7 +173,3 @@ class MonitoringObserver:
             upstream_host=upstream,
             upstream_cluster=self.cluster_name,
         )
-
-
-def _format(peer: tuple[str, int] | None) -> str:
-    return "?" if peer is None else f"{peer[0]}:{peer[1]}"

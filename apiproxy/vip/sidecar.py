@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, VIPConfig, parse_int
+from .options import build_vip
 
 log = logging.getLogger("apiproxy.vip.sidecar")
 
@@ -146,8 +147,6 @@ def setup_logging(flags: Flags) -> None:
 
 
 def build_config(flags: Flags, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> VIPConfig:
-    from ..cli.run import build_vip
-
     port = parse_int("--port", flags.values["port"], minimum=1, maximum=65535)
     return build_vip(address, flags.values["interface"], flags.values["sync-interval"],
                      flags.switches["cleanup"], flags.switches["setup-iptables"], port)  # fmt: skip

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from apiproxy.cli.run import TunnelOptions, build_vip
+from apiproxy.cli.run import TunnelOptions
 from apiproxy.config import ConfigError, TunnelConfig
 from apiproxy.envoy.bootstrap import read_bootstrap
+from apiproxy.vip.options import build_vip
 from apiproxy.vip.sidecar import build_config, parse_flags
 
 REPO = Path(__file__).resolve().parents[2]
