@@ -76,6 +76,9 @@ class TunnelConfig:
     dns_refresh: float = 5.0
     connect_timeout: float = 5.0
     connect_answer_timeout: float = 10.0
+    # A client that has sent nothing this long after connecting is closed; nothing is dialled before its
+    # first byte (a TLS client sends its ClientHello at once).
+    first_byte_timeout: float = 10.0
     idle_timeout: float = 3600.0
     tcp_keepalive_time: float = 7200.0
     tcp_keepalive_interval: float = 55.0
@@ -89,6 +92,9 @@ class TunnelConfig:
 class ListenerConfig:
     listen: Endpoint
     max_connections: int = 10000
+    # Concurrent tunnels from one source address; None: half of max_connections. hostNetwork pods share
+    # the node's address, so this must stay generous.
+    max_connections_per_source: int | None = None
     # Bind even if the address is not (yet) on an interface: the VIP reconciler may add it later.
     freebind: bool = False
     backlog: int = 4096
@@ -291,6 +297,30 @@ _FIELD_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?")
 def parse_header_name(option: str, value: str) -> str:
     if not _TOKEN.fullmatch(value):
         raise ConfigError(option, value, "an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
+    return value
+
+
+# Header names that frame the CONNECT request (Host, the body's length and coding), manage the connection
+# hop by hop (Connection and the fields it names, Upgrade, TE, Expect) or address a proxy (Proxy-*), per
+# RFC 9110/9112: a destination header by one of these names would change what the gateway reads as the
+# request. (h11 refuses Host and Content-Length outright, with a traceback when they came from a flag.)
+_RESERVED_HEADER_NAMES = (
+    "Host", "Content-Length", "Transfer-Encoding", "Connection", "Upgrade", "TE", "Trailer", "Keep-Alive",
+    "Expect", "HTTP2-Settings", "Proxy-*",
+)  # fmt: skip
+_RESERVED_NAMES = frozenset(name.lower() for name in _RESERVED_HEADER_NAMES if not name.endswith("*"))
+_RESERVED_PREFIXES = tuple(name[:-1].lower() for name in _RESERVED_HEADER_NAMES if name.endswith("*"))
+
+
+def parse_connect_header_name(option: str, value: str) -> str:
+    """A header name apiproxy may add to its CONNECT request: a token, and none of the reserved names."""
+    name = parse_header_name(option, value).lower()
+    if name in _RESERVED_NAMES or name.startswith(_RESERVED_PREFIXES):
+        raise ConfigError(
+            option,
+            value,
+            f"a header name other than {', '.join(_RESERVED_HEADER_NAMES)} (they frame or route the request)",
+        )
     return value
 
 

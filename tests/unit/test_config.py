@@ -8,6 +8,7 @@ from apiproxy.config import (
     ConfigError,
     Endpoint,
     parse_authority,
+    parse_connect_header_name,
     parse_duration,
     parse_endpoint,
     parse_header_name,
@@ -118,6 +119,30 @@ def test_header_names(name: str) -> None:
 def test_bad_header_names(name: str) -> None:
     with pytest.raises(ConfigError, match=r"^--destination-header: expected an HTTP header name"):
         parse_header_name("--destination-header", name)
+
+
+@pytest.mark.parametrize("name", ["X-Gardener-Destination", "Reversed-VPN", "X-Host", "Hostname", "Proxy"])
+def test_connect_header_names(name: str) -> None:
+    assert parse_connect_header_name("--destination-header", name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Host", "host", "Content-Length", "CONTENT-LENGTH", "Transfer-Encoding", "Connection", "Upgrade", "TE",
+     "Trailer", "Keep-Alive", "Expect", "HTTP2-Settings", "Proxy-Authorization", "proxy-connection",
+     "Proxy-Authenticate"],
+)  # fmt: skip
+def test_connect_header_names_refuse_framing_and_hop_by_hop_names(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_connect_header_name("--destination-header", name)
+    message = str(caught.value)
+    assert message.startswith("--destination-header: expected a header name other than Host, Content-Length")
+    assert message.endswith(f"got {name!r}") and "\n" not in message
+
+
+def test_connect_header_names_are_tokens_first() -> None:
+    with pytest.raises(ConfigError, match=r"^--destination-header: expected an HTTP header name"):
+        parse_connect_header_name("--destination-header", "Host:")
 
 
 @pytest.mark.parametrize(
