@@ -7,9 +7,11 @@ never a traceback; `main()` turns typer's own usage errors (unknown option, bad 
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
+from .. import __version__
 from ..config import ConfigError
 
 app = typer.Typer(
@@ -23,8 +25,25 @@ app = typer.Typer(
 )
 
 
+def _print_version(requested: bool) -> None:
+    if requested:
+        print(f"apiproxy version {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            expose_value=False,
+            callback=_print_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
     """Gardener's apiserver-proxy in one process: VIP, CONNECT tunnels, metrics."""
 
 
@@ -40,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point. Returns (and exits with) the process status."""
     _register()
     command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
     try:
-        result = command.main(args=argv, prog_name="apiproxy", standalone_mode=False)
+        # No arguments at all is a request for the help, not a usage error.
+        result = command.main(args=args or ["--help"], prog_name="apiproxy", standalone_mode=False)
     except typer.TyperException as error:
         context = getattr(error, "ctx", None)
         where = context.command_path if context is not None else "apiproxy"

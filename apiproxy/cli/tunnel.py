@@ -31,9 +31,14 @@ from ..kubeconfig import (
 )
 from ..server import ProxyServer
 from ..tunnel import Tunnel
-from .run import (
+from .options import (
+    DURATION,
+    HOST_PORT,
+    NAME,
+    PATH,
     AnswerTimeoutOpt,
     BufferSizeOpt,
+    Command,
     ConnectAuthorityOpt,
     ConnectTimeoutOpt,
     DestinationHeaderOpt,
@@ -46,9 +51,10 @@ from .run import (
     SpliceOpt,
     TunnelOptions,
     UpstreamOpt,
-    _opt,
-    build_listener,
+    VerboseOpt,
+    option,
 )
+from .run import build_listener
 
 log = logging.getLogger(__name__)
 
@@ -204,20 +210,21 @@ class ReadyWhenProbed:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("tunnel")
+    @app.command("tunnel", cls=Command)
     def tunnel(
         upstream: UpstreamOpt = None,
         shoot_namespace: Annotated[
             str | None,
-            _opt(
+            option(
                 "--shoot-namespace",
                 env="SHOOT_NAMESPACE",
+                metavar=NAME,
                 help="The shoot's namespace in the seed (shoot--project--name): sets the destination.",
             ),
         ] = None,
         istio_tls_termination: Annotated[
             bool,
-            _opt(
+            option(
                 "--istio-tls-termination",
                 env="ISTIO_TLS_TERMINATION",
                 help="With --shoot-namespace: the <namespace>--kube-apiserver-socket destination form.",
@@ -225,33 +232,38 @@ def register(app: typer.Typer) -> None:
         ] = False,
         destination: DestinationOpt = None,
         listen: Annotated[
-            str, _opt("--listen", env="LISTEN", help="Local address to accept on, HOST:PORT.")
+            str, option("--listen", env="LISTEN", metavar=HOST_PORT, help="Local address to accept on.")
         ] = DEFAULT_LISTEN,
         kubeconfig: Annotated[
             Path | None,
-            _opt(
-                "--kubeconfig", env="KUBECONFIG", help="A kubeconfig for the shoot, to copy (never modified)."
+            option(
+                "--kubeconfig",
+                env="KUBECONFIG",
+                metavar=PATH,
+                help="A kubeconfig for the shoot, to copy (never modified).",
             ),
         ] = None,
         context: Annotated[
             str | None,
-            _opt(
+            option(
                 "--context",
                 env="CONTEXT",
+                metavar=NAME,
                 help="The context of --kubeconfig to use [default: its current one].",
             ),
         ] = None,
         write_kubeconfig_to: Annotated[
             Path | None,
-            _opt(
+            option(
                 "--write-kubeconfig",
                 env="WRITE_KUBECONFIG",
+                metavar=PATH,
                 help="Write the copy here: server = this tunnel, tls-server-name = the original host.",
             ),
         ] = None,
         print_env: Annotated[
             bool,
-            _opt("--print-env", env="PRINT_ENV", help="Once ready, print KUBECONFIG=<copy> on stdout."),
+            option("--print-env", env="PRINT_ENV", help="Once ready, print KUBECONFIG=<copy> on stdout."),
         ] = False,
         connect_authority: ConnectAuthorityOpt = None,
         destination_header: DestinationHeaderOpt = None,
@@ -266,11 +278,14 @@ def register(app: typer.Typer) -> None:
         splice: SpliceOpt = True,
         drain_timeout: Annotated[
             str,
-            _opt("--drain-timeout", env="DRAIN_TIMEOUT", help="On Ctrl-C, wait this long for open tunnels."),
+            option(
+                "--drain-timeout",
+                env="DRAIN_TIMEOUT",
+                metavar=DURATION,
+                help="On Ctrl-C, wait this long for open tunnels.",
+            ),
         ] = "1s",
-        verbose: Annotated[
-            int, typer.Option("-v", "--verbose", count=True, help="More logs (-v: a line per tunnel).")
-        ] = 0,
+        verbose: VerboseOpt = 0,
     ) -> int:
         """Open a local port to a shoot's kube-apiserver through the seed gateway (no VIP, no root).
 

@@ -48,6 +48,11 @@ def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
         ([*BASE, "--ip-address", "10.96.0"], "--ip-address: expected an IPv4 or IPv6 address, got '10.96.0'"),
         ([*BASE, "--listen", "no-such-host.invalid:443"], "--listen: expected an address this host can resolve"),
         ([*BASE, "--log-format", "xml"], "--log-format: expected text or json, got 'xml'"),
+        # h11 raised a traceback for these two; every framing or hop-by-hop name is refused alike.
+        ([*BASE, "--destination-header", "Host"], "--destination-header: expected a header name other than Host, Content-Length"),
+        ([*BASE, "--destination-header", "content-length"], "got 'content-length'"),
+        ([*BASE, "--destination-header", "Transfer-Encoding"], "got 'Transfer-Encoding'"),
+        ([*BASE, "--destination-header", "Proxy-Authorization"], "got 'Proxy-Authorization'"),
     ],
 )  # fmt: skip
 def test_bad_values_exit_2_with_one_line(args: list[str], expected: str) -> None:
@@ -66,10 +71,28 @@ def test_unknown_option_is_one_line_too() -> None:
     assert "--bogus" in result.stderr
 
 
-def test_environment_variables_set_options_and_are_validated_alike() -> None:
-    result = run(BASE, env={"APIPROXY_IDLE_TIMEOUT": "forever"})
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("APIPROXY_IDLE_TIMEOUT", "banana", "APIPROXY_IDLE_TIMEOUT (--idle-timeout): expected a duration such as 5s"),
+        ("APIPROXY_BUFFER_SIZE", "lots", "APIPROXY_BUFFER_SIZE (--buffer-size): expected a size between 1024 and"),
+        ("APIPROXY_DESTINATION_HEADER", "Host", "APIPROXY_DESTINATION_HEADER (--destination-header): expected a header name other than Host"),
+    ],
+)  # fmt: skip
+def test_a_refused_environment_value_names_the_variable_and_the_flag(
+    variable: str, value: str, expected: str
+) -> None:
+    result = run(BASE, env={variable: value})
     assert result.returncode == 2
-    assert "--idle-timeout: expected a duration" in result.stderr and "'forever'" in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert expected in result.stderr and repr(value) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_same_value_on_the_command_line_names_only_the_flag() -> None:
+    result = run([*BASE, "--idle-timeout", "banana"], env={"APIPROXY_IDLE_TIMEOUT": "1h"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("apiproxy: --idle-timeout: expected a duration"), result.stderr
 
 
 def test_listen_address_in_use_is_a_config_error() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from apiproxy.cli.run import TunnelOptions
+from apiproxy.cli.options import TunnelOptions
 from apiproxy.config import ConfigError, TunnelConfig
 from apiproxy.envoy.bootstrap import read_bootstrap
 from apiproxy.vip.options import build_vip
