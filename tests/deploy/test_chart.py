@@ -9,6 +9,7 @@ first); without it these tests are skipped, saying so.
 from __future__ import annotations
 
 import ipaddress
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,20 @@ CHART = REPO / "charts" / "apiserver-proxy"
 HELM = REPO / ".tools" / "bin" / "helm"
 
 pytestmark = pytest.mark.skipif(not HELM.exists(), reason="no helm: run deploy/install-tools.sh")
+
+# The labels of the DaemonSet Gardener renders (pkg/component/networking/apiserverproxy): its selector,
+# every object's labels, and what the DaemonSet and its pod add.
+GARDENER_SELECTOR = {"app": "kubernetes", "role": "apiserver-proxy"}
+GARDENER_LABELS = {**GARDENER_SELECTOR, "gardener.cloud/role": "system-component", "origin": "gardener"}
+GARDENER_DAEMONSET_LABELS = {**GARDENER_LABELS, "node.gardener.cloud/critical-component": "true"}
+GARDENER_POD_LABELS = {
+    **GARDENER_DAEMONSET_LABELS,
+    "networking.gardener.cloud/from-seed": "allowed",
+    "networking.gardener.cloud/to-apiserver": "allowed",
+    "networking.gardener.cloud/to-dns": "allowed",
+}
+# Gardener's requests per container (cpu, memory); the init container is `setup`.
+GARDENER_REQUESTS = {"setup": ("20m", "20Mi"), "sidecar": ("5m", "15Mi"), "proxy": ("5m", "30Mi")}
 
 GARDENER = {
     "vip.address": "240.168.102.23",
@@ -90,13 +105,22 @@ def test_the_pod_is_what_gardener_nodes_expect(values: str) -> None:
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
-    for container in containers(manifests).values():
+    # The node's resolver: the cluster's DNS would need the API server, through this proxy, at a cold start.
+    assert "dnsPolicy" not in pod
+    assert daemonset["spec"]["selector"] == {"matchLabels": GARDENER_SELECTOR}
+    assert GARDENER_DAEMONSET_LABELS.items() <= daemonset["metadata"]["labels"].items()
+    assert GARDENER_POD_LABELS.items() <= pod_labels(daemonset).items()
+    assert daemonset["spec"]["revisionHistoryLimit"] == 2
+    for kind_name, manifest in manifests.items():
+        assert GARDENER_LABELS.items() <= manifest["metadata"]["labels"].items(), kind_name
+    for name, container in containers(manifests).items():
         security = container["securityContext"]
         assert security["allowPrivilegeEscalation"] is False
         assert security["runAsUser"] == 0
-        assert "limits" not in container["resources"], container["name"]
+        assert "limits" not in container["resources"], name
+        cpu, memory = GARDENER_REQUESTS[name]
+        assert container["resources"]["requests"] == {"cpu": cpu, "memory": memory}, name
     proxy = containers(manifests)["proxy"]
-    assert proxy["resources"]["requests"] == {"cpu": "5m", "memory": "30Mi"}
     assert proxy["ports"] == [
         {"name": "metrics", "containerPort": 16910, "hostPort": 16910, "protocol": "TCP"}
     ]
@@ -115,6 +139,19 @@ def pod_labels(daemonset: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
+def envoy_config_map(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    (config_map,) = [m for key, m in manifests.items() if key.startswith("ConfigMap/")]
+    return config_map
+
+
+@pytest.mark.parametrize("values", ["all-in-one-values.yaml", "gardener-compatible-values.yaml"])
+def test_pod_labels_carry_no_chart_version(values: str) -> None:
+    """A pod label that changes with the chart version would roll every node's pod at each upgrade."""
+    labels = pod_labels(render(values, sets=("podLabels.tier=node",))["DaemonSet/apiserver-proxy"])
+    assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(labels)
+    assert labels["tier"] == "node"
+
+
 def test_all_in_one_runs_one_container_with_the_vip_and_the_port_443_capabilities() -> None:
     manifests = render("all-in-one-values.yaml")
     assert list(containers(manifests)) == ["proxy"]
@@ -126,7 +163,7 @@ def test_all_in_one_runs_one_container_with_the_vip_and_the_port_443_capabilitie
     assert args["--interface"] == ["apiserver-proxy"]
     assert args["--destination-header"] == ["X-Gardener-Destination"]
     assert args["--metrics-address"] == ["0.0.0.0:16910", "[::]:16910"]
-    assert "ConfigMap/apiserver-proxy-config" not in manifests
+    assert not [key for key in manifests if key.startswith("ConfigMap/")]
 
 
 def test_gardener_compatible_is_gardeners_layout_with_each_container_holding_only_its_capability() -> None:
@@ -150,12 +187,27 @@ def test_gardener_compatible_is_gardeners_layout_with_each_container_holding_onl
     ]
     mounts = {m["name"]: m["mountPath"] for m in proxy["volumeMounts"]}
     assert mounts == {"envoy-config": "/etc/apiserver-proxy", "admin-uds": "/etc/admin-uds"}
-    annotations = manifests["DaemonSet/apiserver-proxy"]["spec"]["template"]["metadata"]["annotations"]
-    assert len(annotations["checksum/envoy-config"]) == 64  # a new envoy.yaml rolls the pods
+
+
+def test_the_envoy_config_map_is_immutable_and_named_by_its_content() -> None:
+    """As Gardener's: a new envoy.yaml is a new ConfigMap, so the pod template changes and the pods roll."""
+    names = []
+    for idle in ("1h", "30m"):
+        manifests = render("gardener-compatible-values.yaml", strings={"timeouts.idle": idle})
+        config_map = envoy_config_map(manifests)
+        assert config_map["immutable"] is True
+        name = config_map["metadata"]["name"]
+        assert re.fullmatch(r"apiserver-proxy-config-[0-9a-f]{8}", name), name
+        volumes = manifests["DaemonSet/apiserver-proxy"]["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "envoy-config", "configMap": {"name": name}} in volumes
+        names.append(name)
+    assert names[0] != names[1]
+    again = envoy_config_map(render("gardener-compatible-values.yaml", strings={"timeouts.idle": "1h"}))
+    assert again["metadata"]["name"] == names[0]
 
 
 def envoy_tunnel(manifests: dict[str, dict[str, Any]]) -> tuple[TunnelConfig, int]:
-    text = manifests["ConfigMap/apiserver-proxy-config"]["data"]["envoy.yaml"]
+    text = envoy_config_map(manifests)["data"]["envoy.yaml"]
     config = read_bootstrap(text).config
     return config.tunnel, config.listener.max_connections
 

@@ -2,19 +2,46 @@
 
 {{- define "apiserver-proxy.name" -}}apiserver-proxy{{- end }}
 
+{{/* Every object's labels: Gardener's (the selector's, gardener.cloud/role, origin) and Helm's. */}}
 {{- define "apiserver-proxy.labels" -}}
-app.kubernetes.io/name: apiserver-proxy
-app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "apiserver-proxy.stableLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
-{{/* Selector labels: stable across upgrades; Gardener's own DaemonSet selects on app=apiserver-proxy too. */}}
+{{/* The selector of Gardener's own apiserver-proxy DaemonSet and Service (app=kubernetes,role=apiserver-proxy),
+so this DaemonSet can take its place. A DaemonSet's selector cannot change after it is created. */}}
 {{- define "apiserver-proxy.selectorLabels" -}}
-app: apiserver-proxy
+app: kubernetes
+role: apiserver-proxy
+{{- end }}
+
+{{/* The labels that stay the same from one chart version to the next (the pod's: a new label value would
+roll every node's pod). */}}
+{{- define "apiserver-proxy.stableLabels" -}}
+{{ include "apiserver-proxy.selectorLabels" . }}
+gardener.cloud/role: system-component
+origin: gardener
 app.kubernetes.io/name: apiserver-proxy
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Gardener keeps a new node tainted until the pods labelled node-critical on it are ready; the
+networking.gardener.cloud labels let the pod through a shoot's network policies (DNS, the API server, and
+the seed reaching it), as Gardener's pod does. */}}
+{{- define "apiserver-proxy.podLabels" -}}
+{{ include "apiserver-proxy.stableLabels" . }}
+node.gardener.cloud/critical-component: "true"
+networking.gardener.cloud/from-seed: allowed
+networking.gardener.cloud/to-apiserver: allowed
+networking.gardener.cloud/to-dns: allowed
+{{- end }}
+
+{{/* The envoy.yaml ConfigMap (gardenerCompatible) is immutable and named by its content, as Gardener's:
+a new envoy.yaml is a new ConfigMap, which rolls the pods. */}}
+{{- define "apiserver-proxy.configMapName" -}}
+apiserver-proxy-config-{{ include "apiserver-proxy.envoyYAML" . | sha256sum | trunc 8 }}
 {{- end }}
 
 {{- define "apiserver-proxy.serviceAccountName" -}}
