@@ -46,6 +46,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["load"]:  # the load generator for a running proxy or gateway: benchmarks/load
+        from .load.cli import main as load
+
+        return load(given[1:])
     arguments = _arguments(argv)
     settings = Settings.quick() if arguments.quick else Settings()
     if arguments.runs is not None:
