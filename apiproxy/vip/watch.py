@@ -1,27 +1,18 @@
-"""Netlink event subscription on a dedicated thread, handing what matters to the proxy's loop.
+"""The kernel's link and address notifications, read from a plain rtnetlink socket subscribed to them.
 
-pyroute2's asyncio API does not run on uvloop (pyroute2 #1335) and its sync API refuses a thread with a
-running loop, so the watcher reads a plain rtnetlink socket with a selector on its own thread, parses the
-datagrams (`events`) and calls `notify` there; `notify` is expected to hop to the loop with
-`call_soon_threadsafe`. The proxy's loop never blocks on netlink.
+Non-blocking and without a thread of its own: `keeper` waits for it in its select loop with everything
+else and calls `drain()` when it is readable. Parsing is `events`' job.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
-import os
-import selectors
 import socket
-import threading
-from collections.abc import Callable
 
 from . import events
 
-log = logging.getLogger(__name__)
-
 NETLINK_ROUTE = 0
-# Large enough for a burst of pod veth churn; an overflow (ENOBUFS) is still handled: see _drain.
+# Large enough for a burst of pod veth churn; an overflow (ENOBUFS) is still handled: see drain().
 RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
@@ -32,69 +23,37 @@ class OverflowEvent:
         return "netlink notifications lost (socket buffer overflow)"
 
 
-class NetlinkWatcher:
-    """Reads link and address notifications until `stop()`; `notify(event)` runs on the watcher thread."""
+class EventSocket:
+    """Subscribed from construction on: events from then on are seen. Close it when done."""
 
-    def __init__(self, notify: Callable[[events.Event | OverflowEvent], None]) -> None:
-        self._notify = notify
-        self._socket: socket.socket | None = None
-        self._wakeup_read, self._wakeup_write = -1, -1
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Subscribes now (events from here on are seen), then reads on a daemon thread."""
+    def __init__(self) -> None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-            groups = events.RTMGRP_LINK | events.RTMGRP_IPV4_IFADDR | events.RTMGRP_IPV6_IFADDR
-            sock.bind((0, groups))
+            sock.bind((0, events.RTMGRP_LINK | events.RTMGRP_IPV4_IFADDR | events.RTMGRP_IPV6_IFADDR))
             sock.setblocking(False)
         except OSError:
             sock.close()
             raise
         self._socket = sock
-        self._wakeup_read, self._wakeup_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._thread = threading.Thread(target=self._run, name="vip-netlink-watch", daemon=True)
-        self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
-        if self._thread is not None:
-            os.write(self._wakeup_write, b"x")
-            self._thread.join(timeout)
-            self._thread = None
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        for fd in (self._wakeup_read, self._wakeup_write):
-            if fd >= 0:
-                os.close(fd)
-        self._wakeup_read, self._wakeup_write = -1, -1
+    def fileno(self) -> int:
+        return self._socket.fileno()
 
-    def _run(self) -> None:
-        assert self._socket is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._socket, selectors.EVENT_READ)
-            selector.register(self._wakeup_read, selectors.EVENT_READ)
-            while True:
-                ready = selector.select()
-                if any(key.fd == self._wakeup_read for key, _ in ready):
-                    return
-                try:
-                    self._drain(self._socket)
-                except Exception:
-                    # A bug in a handler must not end the watcher: the periodic pass still runs.
-                    log.exception("netlink watcher: handling an event failed")
-
-    def _drain(self, sock: socket.socket) -> None:
+    def drain(self) -> list[events.Event | OverflowEvent]:
+        """Everything queued now; `OverflowEvent` where the kernel had to drop some."""
+        found: list[events.Event | OverflowEvent] = []
         while True:
             try:
-                data = sock.recv(65536)
+                data = self._socket.recv(65536)
             except BlockingIOError:
-                return
+                return found
             except OSError as error:
-                if error.errno == errno.ENOBUFS:
-                    self._notify(OverflowEvent())
-                    continue
-                raise
-            for event in events.parse(data):
-                self._notify(event)
+                if error.errno != errno.ENOBUFS:
+                    raise
+                found.append(OverflowEvent())
+                continue
+            found.extend(events.parse(data))
+
+    def close(self) -> None:
+        self._socket.close()

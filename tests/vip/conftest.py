@@ -3,12 +3,15 @@ failure. The tests need root; they are skipped, saying why, only when not root."
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +57,35 @@ class Namespace:
         entries = json.loads(self.ip("-j", "addr", "show").stdout)
         return [e["ifname"] for e in entries for a in e.get("addr_info", []) if a.get("local") == address]
 
+    def entries(self, address: str) -> list[tuple[str, int, str]]:
+        """(link, prefix length, scope) of every entry of `address`, sorted."""
+        entries = json.loads(self.ip("-j", "addr", "show").stdout)
+        return sorted((e["ifname"], a["prefixlen"], a["scope"]) for e in entries for a in e.get("addr_info", [])
+                      if a.get("local") == address)  # fmt: skip
+
     def link(self, name: str) -> dict[str, object] | None:
         done = self.ip("-j", "-d", "link", "show", "dev", name, check=False)
         return json.loads(done.stdout)[0] if done.returncode == 0 else None
+
+    def netlink_socket(self) -> socket.socket:
+        """An rtnetlink socket opened inside this namespace: a short-lived thread enters it with setns(2)
+        (os.setns is Python 3.12+) and opens the socket there; the socket stays in the namespace."""
+        opened: list[socket.socket | OSError] = []
+
+        def enter_and_open() -> None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/run/netns/{self.name}", "rb") as handle:
+                if libc.setns(handle.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+                    opened.append(OSError(ctypes.get_errno(), f"setns into {self.name} failed"))
+                    return
+            opened.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0))
+
+        thread = threading.Thread(target=enter_and_open)
+        thread.start()
+        thread.join()
+        if isinstance(opened[0], OSError):
+            raise opened[0]
+        return opened[0]
 
     def dummy_unsupported(self) -> str | None:
         """Why dummy links cannot be created here, or None if they can."""

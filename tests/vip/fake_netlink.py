@@ -1,7 +1,10 @@
 """An in-memory `Netlink`: the unit seam of the pass logic (as the Go sidecar's tests fake its handle).
 
-It models just what the kernel does for these calls: link names are unique, an address entry is
-(link, address, prefix) and adding it twice is EEXIST, a dummy link is created down.
+It models just what the kernel does for these calls: link names are unique; an address entry is (link,
+address, prefix, scope); adding is EEXIST when the link has an IPv4 entry of the same address and prefix
+(whatever its scope) or an IPv6 entry of the same address (whatever its prefix); deleting matches address
+and prefix; an IPv4-mapped IPv6 address is sent as IPv4, as Go's library does, so a /128 of it is EINVAL;
+a dummy link is created down.
 """
 
 from __future__ import annotations
@@ -64,12 +67,14 @@ class FakeNetlink:
 
     def add_address(self, link_index: int, address: IPAddress, prefixlen: int) -> bool:
         self.calls.append(f"add_address {link_index} {address}/{prefixlen}")
-        entry = Address(link_index, address, prefixlen, RT_SCOPE_UNIVERSE)
-        if any(
-            (e.link_index, e.address, e.prefixlen) == (link_index, address, prefixlen) for e in self.entries
-        ):
-            return False
-        self.entries.append(entry)
+        if address.version == 6 and address.ipv4_mapped is not None and prefixlen > 32:
+            raise NetlinkError(errno.EINVAL, "addr add: Invalid argument")
+        for e in self.entries:
+            if (e.link_index, e.address) == (link_index, address) and (
+                address.version == 6 or e.prefixlen == prefixlen
+            ):
+                return False
+        self.entries.append(Address(link_index, address, prefixlen, RT_SCOPE_UNIVERSE))
         return True
 
     def delete_address(self, link_index: int, address: IPAddress, prefixlen: int) -> bool:

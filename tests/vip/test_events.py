@@ -85,6 +85,8 @@ def test_an_attribute_with_a_bad_length_is_ignored() -> None:
         (AddressEvent(True, 3, VIP, 32), Verdict.IGNORE),  # a stray copy elsewhere went away
         (AddressEvent(False, 7, VIP, 32), Verdict.IGNORE),  # our own repair
         (AddressEvent(False, 1, VIP, 32), Verdict.CHECK),  # placed on another link: remove it there
+        (AddressEvent(False, 1, VIP, 24), Verdict.IGNORE),  # the address in someone's subnet: not the VIP
+        (AddressEvent(True, 7, VIP, 24), Verdict.IGNORE),  # such an entry on our link went: the /32 stays
         (AddressEvent(True, 7, OTHER, 32), Verdict.IGNORE),
         (LinkEvent(True, 7, "apiserver-proxy", False), Verdict.LOST),  # `ip link del`
         (LinkEvent(False, 7, "apiserver-proxy", False), Verdict.LOST),  # `ip link set down`

@@ -1,5 +1,5 @@
-"""The sync pass against a real kernel, in a network namespace created by the test (pyroute2 opens its
-netlink socket inside it)."""
+"""The sync pass against a real kernel, in a network namespace created by the test (the netlink socket is
+opened inside it)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from apiproxy.vip.netlink import PyrouteNetlink
+from apiproxy.vip.netlink import KernelNetlink
 from apiproxy.vip.reconcile import Reconciler, sync_pass
 
 from .conftest import Namespace
@@ -20,8 +20,8 @@ VIP6 = ipaddress.ip_address("64:ff9b:1::f0a8:6617")
 
 
 @pytest.fixture
-def netlink(netns: Namespace) -> Iterator[PyrouteNetlink]:
-    handle = PyrouteNetlink(netns=netns.name)
+def netlink(netns: Namespace) -> Iterator[KernelNetlink]:
+    handle = KernelNetlink(netns.netlink_socket())
     try:
         yield handle
     finally:
@@ -33,7 +33,7 @@ def test_a_pass_creates_the_dummy_link_and_the_address(netns: Namespace) -> None
     if reason:
         print(f"skipping: {reason}")
         pytest.skip(reason)
-    reconciler = Reconciler(VIP, "apiserver-proxy", lambda: PyrouteNetlink(netns=netns.name))
+    reconciler = Reconciler(VIP, "apiserver-proxy", lambda: KernelNetlink(netns.netlink_socket()))
     try:
         report = reconciler.sync()
         assert report.error is None and report.present
@@ -50,7 +50,7 @@ def test_a_pass_creates_the_dummy_link_and_the_address(netns: Namespace) -> None
 
 
 def test_a_pass_on_an_existing_link_sets_it_up_adds_the_address_and_a_second_pass_changes_nothing(
-    netns: Namespace, netlink: PyrouteNetlink
+    netns: Namespace, netlink: KernelNetlink
 ) -> None:
     # The kernel here may lack the dummy driver: the link is pre-created (down) as a bridge.
     netns.ip("link", "add", "apiserver-proxy", "type", "bridge")
@@ -64,7 +64,7 @@ def test_a_pass_on_an_existing_link_sets_it_up_adds_the_address_and_a_second_pas
     assert netns.links_with(str(VIP)) == ["apiserver-proxy"]
 
 
-def test_a_pass_removes_the_vip_from_another_link(netns: Namespace, netlink: PyrouteNetlink) -> None:
+def test_a_pass_removes_the_vip_from_another_link(netns: Namespace, netlink: KernelNetlink) -> None:
     netns.ip("link", "add", "apiserver-proxy", "type", "bridge")
     netns.ip("addr", "add", f"{VIP}/32", "dev", "lo")
     result = sync_pass(netlink, VIP, "apiserver-proxy")
@@ -73,7 +73,7 @@ def test_a_pass_removes_the_vip_from_another_link(netns: Namespace, netlink: Pyr
 
 
 def test_ipv6_vip_is_added_as_128_without_duplicate_address_detection(
-    netns: Namespace, netlink: PyrouteNetlink
+    netns: Namespace, netlink: KernelNetlink
 ) -> None:
     netns.ip("link", "add", "apiserver-proxy", "type", "bridge")
     sync_pass(netlink, VIP6, "apiserver-proxy")
@@ -83,7 +83,7 @@ def test_ipv6_vip_is_added_as_128_without_duplicate_address_detection(
 
 
 def test_the_interface_lo_works_as_with_the_go_sidecars_default(
-    netns: Namespace, netlink: PyrouteNetlink
+    netns: Namespace, netlink: KernelNetlink
 ) -> None:
     assert sync_pass(netlink, VIP, "lo").changes == ["added 240.168.102.23/32 to lo"]
     assert netns.links_with(str(VIP)) == ["lo"]

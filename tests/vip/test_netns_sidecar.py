@@ -1,6 +1,6 @@
 """`apiserver-proxy-sidecar` in a network namespace created by the test: one-shot and daemon modes, the
-exit codes that need a namespace, `--cleanup`, and `--setup-iptables` (rules present, NOTRACK effective,
-rules gone after cleanup)."""
+exit codes that need a namespace, `--cleanup`, `--setup-iptables` (rules present, NOTRACK effective, rules
+gone after cleanup), and the cases where it must do exactly what the Go sidecar does (issues 17 and 18)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from apiproxy.vip.iptables import rules_for
+from lab.address_monitor import AddressMonitor
 
 from .conftest import PEER, Namespace
 
@@ -189,3 +190,109 @@ def test_setup_iptables_writes_to_the_backend_the_node_uses(node: Namespace, use
     assert node.exec(unused, "-w", "5", *rule, check=False).returncode != 0
     assert one_shot(node, "--setup-iptables", "--cleanup").returncode == 0
     assert node.exec(used, "-w", "5", *rule, check=False).returncode != 0
+
+
+# --- Issue 17's six cases and issue 18's loopback VIP. Each expectation is what the Go sidecar (built from
+# gardener/apiserver-proxy's head) did with the same arguments in a namespace set up the same way.
+
+KLOG_FLAGS = ("--alsologtostderrthreshold=ERROR", "--legacy_stderr_threshold_behavior=false", "--one_output")
+
+
+@pytest.mark.parametrize("flags", [KLOG_FLAGS, ("--port=abc",)], ids=["klog-v2.140-flags", "port-abc"])
+def test_flags_go_accepts_are_accepted_and_the_vip_added(node: Namespace, flags: tuple[str, ...]) -> None:
+    done = one_shot(node, *flags)
+    assert done.returncode == 0, done.stderr
+    assert node.entries(VIP) == [(LINK, 32, "global")]
+
+
+def test_setup_iptables_with_a_port_that_is_no_number_is_a_usage_error(node: Namespace) -> None:
+    # Go's head has no --setup-iptables; the Go sidecars that had it passed the string to iptables, which
+    # refused it at every pass. Here it is refused once, before anything is changed.
+    done = one_shot(node, "--setup-iptables", "--port=abc")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "--port: expected a port number 1-65535 with --setup-iptables (its rules match on it), got 'abc'"
+    )
+    assert node.entries(VIP) == []
+
+
+def test_a_shorter_prefix_of_the_vip_is_left_alone_everywhere_and_the_32_added_once(node: Namespace) -> None:
+    node.ip("link", "add", "eth9", "type", "bridge")
+    node.ip("addr", "add", f"{VIP}/24", "dev", LINK)
+    node.ip("addr", "add", f"{VIP}/24", "dev", "eth9")
+    for _ in range(2):
+        done = one_shot(node)
+        assert done.returncode == 0, done.stderr
+    assert node.entries(VIP) == [(LINK, 24, "global"), (LINK, 32, "global"), ("eth9", 24, "global")]
+
+
+def test_a_32_on_another_link_is_still_moved(node: Namespace) -> None:
+    node.ip("link", "add", "eth9", "type", "bridge")
+    node.ip("addr", "add", f"{VIP}/32", "dev", "eth9")
+    assert one_shot(node).returncode == 0
+    assert node.entries(VIP) == [(LINK, 32, "global")]
+
+
+def test_ipv6_a_64_of_the_vip_on_its_link_counts_as_present(node: Namespace) -> None:
+    node.ip("link", "set", LINK, "up")
+    node.ip("addr", "add", f"{VIP6}/64", "dev", LINK, "nodad")
+    done = node.exec(SIDECAR, f"--ip-address={VIP6}", f"--interface={LINK}", "--daemon=false", check=False)
+    assert done.returncode == 0, done.stderr
+    assert node.entries(VIP6) == [(LINK, 64, "global")]  # the kernel's EEXIST, as Go sees it
+
+
+def test_a_scope_host_32_is_kept_as_it_is_and_never_goes_missing(
+    node: Namespace, daemons: list[Daemon]
+) -> None:
+    node.ip("link", "set", LINK, "up")
+    node.ip("addr", "add", f"{VIP}/32", "scope", "host", "dev", LINK)
+    monitor = AddressMonitor(node.name, VIP)
+    try:
+        assert one_shot(node).returncode == 0
+        daemon = Daemon(node, "--sync-interval=100ms")
+        daemons.append(daemon)
+        time.sleep(0.6)  # the initial pass and about five periodic ones
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+        time.sleep(0.2)  # notifications still on their way to `ip monitor`
+    finally:
+        monitor.stop()
+    assert (
+        monitor.events == []
+    )  # not one deletion (nor re-addition) of the VIP, measured by the kernel's word
+    assert node.entries(VIP) == [(LINK, 32, "host")]
+
+
+def test_an_address_with_a_zone_exits_255_as_go_cannot_parse_it(node: Namespace) -> None:
+    done = node.exec(SIDECAR, "--ip-address=fe80::1%lo", f"--interface={LINK}", "--daemon=false", check=False)
+    assert done.returncode == 255
+    assert done.stderr.startswith("F")
+    assert done.stderr.rstrip().endswith(
+        'Failed to create sidecar application, err unable to parse IP address "fe80::1%lo" - invalid CIDR '
+        "address: fe80::1%lo/128"
+    )
+    assert node.entries("fe80::1") == []
+
+
+def test_an_ipv4_mapped_address_fails_every_pass_in_gos_words_and_adds_nothing(
+    node: Namespace, daemons: list[Daemon]
+) -> None:
+    mapped = "::ffff:10.96.0.9"
+    node.ip("addr", "add", "10.96.0.9/32", "dev", "lo")  # Go leaves it: not a copy of its /128
+    done = node.exec(SIDECAR, f"--ip-address={mapped}", f"--interface={LINK}", "--daemon=false", check=False)
+    assert done.returncode == 0, done.stderr
+    assert 'Using IP address "::ffff:10.96.0.9"' in done.stderr
+    assert "] Error ensuring ip address: could not add IPV4 addresses invalid argument\n" in done.stderr
+    daemon = Daemon(node, "--sync-interval=1h", vip=mapped)
+    daemons.append(daemon)
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert "Error ensuring ip address: could not add IPV4 addresses invalid argument" in "".join(daemon.lines)
+    assert node.entries(mapped) == [] and node.entries("10.96.0.9") == [("lo", 32, "global")]
+
+
+def test_loopback_vip_on_another_link_leaves_127_0_0_1_8_on_lo(node: Namespace) -> None:
+    # Issue 18 row 8: 127.0.0.1/8 was removed from lo. As Go, only a whole-length copy would be.
+    done = node.exec(SIDECAR, "--ip-address=127.0.0.1", f"--interface={LINK}", "--daemon=false", check=False)
+    assert done.returncode == 0, done.stderr
+    assert node.entries("127.0.0.1") == [(LINK, 32, "global"), ("lo", 8, "host")]

@@ -1,5 +1,5 @@
 """VIPService on the proxy's loop, with the in-memory netlink (the kernel side is covered by the
-namespace tests): passes on the worker thread, the watcher thread's hand-off, retries, cleanup."""
+namespace tests): the keeper's passes on its thread, the hand-off to the loop, retries, cleanup."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import uvloop
 
 from apiproxy.config import VIPConfig
-from apiproxy.vip import service as service_module
+from apiproxy.vip import keeper as keeper_module
 from apiproxy.vip.events import AddressEvent, LinkEvent
 from apiproxy.vip.reconcile import CleanupError
 from apiproxy.vip.service import VIPService
@@ -33,7 +33,7 @@ async def _until(condition, timeout: float = 2.0) -> None:  # type: ignore[no-un
 
 
 def _from_another_thread(service: VIPService, event: AddressEvent | LinkEvent) -> None:
-    thread = threading.Thread(target=service._from_watcher_thread, args=(event,))
+    thread = threading.Thread(target=service.keeper.notify, args=(event,))
     thread.start()
     thread.join()
 
@@ -68,7 +68,7 @@ def test_kernel_event_triggers_a_repair_reported_on_the_loop() -> None:
 
 
 def test_failing_pass_is_retried_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service_module, "FIRST_RETRY", 0.01)
+    monkeypatch.setattr(keeper_module, "FIRST_RETRY", 0.01)
     netlink = FakeNetlink(can_create=False)
 
     async def scenario() -> None:

@@ -1,6 +1,6 @@
-"""The watcher thread's reading loop. Lost notifications (ENOBUFS) cannot be caused on demand by a real
-kernel socket, so that one case drives `_drain` with a scripted socket; everything else about the
-watcher runs for real in the namespace tests."""
+"""Reading kernel notifications. Lost notifications (ENOBUFS) cannot be caused on demand by a real kernel
+socket, so that one case drives `drain` with a scripted socket; everything else about the event socket
+runs for real (here and in the namespace tests)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import errno
 import ipaddress
 
 from apiproxy.vip.events import RTM_DELADDR, AddressEvent
-from apiproxy.vip.watch import NetlinkWatcher, OverflowEvent
+from apiproxy.vip.watch import EventSocket, OverflowEvent
 
 from .test_events import address_message
 
@@ -27,18 +27,10 @@ class ScriptedSocket:
 
 
 def test_overflow_is_reported_and_reading_goes_on() -> None:
-    seen: list[object] = []
-    watcher = NetlinkWatcher(seen.append)
+    events = EventSocket()
+    events.close()
     datagram = address_message(RTM_DELADDR, 4, "240.168.102.23", 32)
-    watcher._drain(ScriptedSocket([OSError(errno.ENOBUFS, "No buffer space available"), datagram]))  # type: ignore[arg-type]
+    events._socket = ScriptedSocket([OSError(errno.ENOBUFS, "No buffer space available"), datagram])  # type: ignore[assignment]
+    seen = events.drain()
     assert isinstance(seen[0], OverflowEvent)
     assert seen[1:] == [AddressEvent(True, 4, ipaddress.ip_address("240.168.102.23"), 32)]
-
-
-def test_start_and_stop_join_the_thread() -> None:
-    watcher = NetlinkWatcher(lambda event: None)
-    watcher.start()
-    thread = watcher._thread
-    assert thread is not None and thread.is_alive()
-    watcher.stop()
-    assert not thread.is_alive()
