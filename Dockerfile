@@ -16,8 +16,8 @@ ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
-# Dependencies first, exactly pinned (the runtime closure plus PyYAML for the envoy front end), so a
-# source change reuses this layer.
+# Dependencies first, exactly pinned (the runtime closure, PyYAML included), so a source change reuses
+# this layer.
 COPY deploy/image/constraints.txt ./
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
     set -eu; \
@@ -34,7 +34,7 @@ RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
     if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
     if [ -s /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi; \
     PIP_CONSTRAINT=/src/build-constraints.txt \
-      /opt/apiproxy/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps '.[envoy]'; \
+      /opt/apiproxy/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps .; \
     /opt/apiproxy/bin/pip check --disable-pip-version-check; \
     /opt/apiproxy/bin/pip uninstall --yes --disable-pip-version-check pip setuptools; \
     ln -s apiproxy-envoy /opt/apiproxy/bin/envoy

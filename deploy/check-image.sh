@@ -39,7 +39,7 @@ for cap in CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_
 done
 in_image() { buildah "${buildah_args[@]}" run --isolation chroot "${only_caps[@]}" "$@"; }
 
-for command in "apiproxy --help" "apiproxy run --help" "apiserver-proxy-sidecar --help" "envoy --help" "envoy --version"; do
+for command in "apiproxy --help" "apiproxy --version" "apiproxy run --help" "apiserver-proxy-sidecar --help" "envoy --help" "envoy --version"; do
   # shellcheck disable=SC2086 # the command is words on purpose
   out=$(in_image "$ctr" -- $command 2>&1) || fail "'$command' exited $?: $(tail -3 <<<"$out")"
   echo "check-image: '$command' ok ($(head -1 <<<"$out" | cut -c1-70))"
