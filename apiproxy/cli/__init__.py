@@ -1,7 +1,9 @@
-"""The `apiproxy` command line (typer). Each sub-command lives in a module of its own here.
+"""The `apiproxy` command line (typer). Each sub-command lives in a module of its own here; the options
+they share, in `options`.
 
-Errors in options print one line (`apiproxy run: --upstream: expected HOST:PORT, got 'x'`) and exit 2,
-never a traceback; `main()` turns typer's own usage errors (unknown option, bad count) into that form too.
+Errors in options print one line (`apiproxy: --upstream: expected HOST:PORT, got 'x'`) and exit 2, never a
+traceback; `main()` turns typer's own usage errors (unknown option, bad count) into that form too.
+`apiproxy` with no arguments prints the help and exits 0.
 """
 
 from __future__ import annotations
