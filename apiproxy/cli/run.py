@@ -19,9 +19,8 @@ from ..config import (
     parse_duration,
     parse_endpoint,
     parse_int,
-    parse_ip,
 )
-from ..vip.options import build_vip
+from ..vip.options import build_vip, parse_vip
 from .options import (
     COUNT,
     DURATION,
@@ -52,7 +51,7 @@ from .options import (
 def build_listener(
     listen: str | None, ip_address: str | None, max_connections: str
 ) -> tuple[ListenerConfig, IPAddress | None]:
-    vip = parse_ip("--ip-address", ip_address) if ip_address else None
+    vip = parse_vip("--ip-address", ip_address) if ip_address else None
     if listen:
         endpoint = parse_endpoint("--listen", listen)
     elif vip is not None:
