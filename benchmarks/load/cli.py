@@ -43,6 +43,7 @@ MAX_RATE = 1_000_000.0
 MAX_DURATION = 24 * 3600.0
 # A request path: origin-form, visible ASCII.
 _PATH = re.compile(r"/[\x21-\x7e]*")
+_DURATION_HELP = "how long the scenario runs (Go units: 30s, 5m, 1h)"
 
 
 class UsageError(Exception):
@@ -87,7 +88,8 @@ def _target_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--shard", default="0/1", metavar="I/N", help="run shard I of N generators (default 0/1)"
     )
-    run.add_argument("--output", type=Path, default=Path("load-results"), help="directory for the results")
+    run.add_argument("--output", type=Path, default=Path("bench-results/load"),
+                     help="directory for the results (default bench-results/load)")  # fmt: skip
     run.add_argument("--log-results", action="store_true",
                      help=f"also print results.json on one stdout line after {report.RESULTS_LINE_PREFIX.strip()!r}")  # fmt: skip
 
@@ -97,25 +99,25 @@ def _parser() -> _Parser:
                      "See benchmarks/README.md, 'Load testing'.")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, metavar="SCENARIO", parser_class=_Parser)
     storm = commands.add_parser("storm", help="N tunnels opened at once, as fast as the target accepts")
-    storm.add_argument("count", metavar="N")
+    storm.add_argument("count", metavar="N", help="tunnels")
     rate = commands.add_parser("rate", help="open loop: R new tunnels per second for --duration")
-    rate.add_argument("rate", metavar="R")
-    rate.add_argument("--duration", required=True)
+    rate.add_argument("rate", metavar="R", help="new tunnels per second")
+    rate.add_argument("--duration", required=True, help=_DURATION_HELP)
     hold = commands.add_parser("hold", help="N tunnels held open for --duration, each probed periodically")
-    hold.add_argument("count", metavar="N")
-    hold.add_argument("--duration", required=True)
+    hold.add_argument("count", metavar="N", help="tunnels")
+    hold.add_argument("--duration", required=True, help=_DURATION_HELP)
     hold.add_argument("--probe-interval", default="5s", help="time between a tunnel's probes (default 5s)")
     requests = commands.add_parser(
         "requests", help="open loop: --rate HTTP requests/s over --connections kept tunnels"
     )
-    requests.add_argument("--connections", required=True)
-    requests.add_argument("--rate", required=True)
-    requests.add_argument("--duration", required=True)
+    requests.add_argument("--connections", required=True, help="tunnels kept open for the requests")
+    requests.add_argument("--rate", required=True, help="requests per second")
+    requests.add_argument("--duration", required=True, help=_DURATION_HELP)
     bulk = commands.add_parser(
         "bulk", help="--connections tunnels streaming to an echo backend for --duration"
     )
-    bulk.add_argument("--connections", default="1")
-    bulk.add_argument("--duration", required=True)
+    bulk.add_argument("--connections", default="1", help="tunnels streaming at once (default 1)")
+    bulk.add_argument("--duration", required=True, help=_DURATION_HELP)
     bulk.add_argument("--block-size", default="64KiB", help="bytes per write (default 64KiB)")
     for scenario in (storm, rate, hold, requests, bulk):
         _target_options(scenario)
@@ -124,7 +126,10 @@ def _parser() -> _Parser:
         "inputs", nargs="+", type=Path, metavar="DIR", help="a shard's output directory (or its results.json)"
     )
     combine.add_argument(
-        "--output", type=Path, default=Path("load-results"), help="directory for the merged results"
+        "--output",
+        type=Path,
+        default=Path("bench-results/load-merged"),
+        help="directory for the merged results (default bench-results/load-merged)",
     )
     return parser
 
@@ -273,9 +278,9 @@ def _finish(results: dict[str, Any], args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        _output(args.output)
         if args.command == "merge":
             results = merge(args.inputs)
+            _output(args.output)
             if results["missing_shards"]:
                 say(
                     f"merged {len(results['shards'])} shard(s); missing: {', '.join(results['missing_shards'])}"
@@ -283,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             return _finish(results, args)
         plan = _plan(args)
         budget = in_flight_budget(plan)
+        _output(args.output)
     except (UsageError, ConfigError, LimitError, MergeError) as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
