@@ -4,8 +4,9 @@
 is the local listener while `tls-server-name` keeps the original host, so kubectl still verifies the API
 server's certificate against the name it was issued for. Only `read_kubeconfig`/`write_kubeconfig` touch
 files. The copy is written as JSON: kubectl (client-go) reads kubeconfig files with a YAML parser, and
-JSON is YAML, so writing needs no YAML library and has no YAML typing surprises (`no`, `on`, `1e3`).
-Reading accepts JSON as is; YAML (what kubeconfigs usually are) needs PyYAML, imported only then.
+JSON is YAML, so writing has no YAML typing surprises (`no`, `on`, `1e3`). Reading takes JSON or YAML
+through `documents` (bounded in size, depth and alias expansion). A kubeconfig holds bearer tokens and
+client keys: no error message quotes its text or a user's entry, and names and URLs are shown bounded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .addresses import host_port
+from .documents import DocumentError, UnreadableFile, load_mapping, read_text, show
 
 Kubeconfig = dict[str, Any]
 
@@ -42,26 +45,10 @@ class TunnelledCluster:
 
 def parse_kubeconfig(text: str, source: str = "kubeconfig") -> Kubeconfig:
     """JSON or YAML text to a kubeconfig mapping."""
-    if text.lstrip().startswith("{"):
-        try:
-            document: object = json.loads(text)
-        except ValueError as error:
-            raise KubeconfigError(f"{source}: not valid JSON: {error}") from None
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise KubeconfigError(
-                f"{source}: reading a YAML kubeconfig needs PyYAML (pip install 'apiproxy[envoy]' or pyyaml),"
-                " or give a JSON kubeconfig (kubectl config view --raw -o json)"
-            ) from None
-        try:
-            document = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise KubeconfigError(f"{source}: not valid YAML: {' '.join(str(error).split())}") from None
-    if not isinstance(document, dict):
-        raise KubeconfigError(f"{source}: expected a kubeconfig (a mapping with clusters and contexts)")
-    return document
+    try:
+        return load_mapping(text, "a kubeconfig (a mapping with clusters and contexts)")
+    except DocumentError as error:
+        raise KubeconfigError(f"{source}: {error}") from None
 
 
 def local_server_url(host: str, port: int, scheme: str = "https") -> str:
@@ -80,7 +67,7 @@ def _named(document: Kubeconfig, section: str, name: str, source: str) -> dict[s
     for entry in entries:
         if isinstance(entry, dict) and entry.get("name") == name:
             return entry
-    raise KubeconfigError(f"{source}: no entry named {name!r} in '{section}'")
+    raise KubeconfigError(f"{source}: no entry named {show(name)} in '{section}'")
 
 
 def tunnel_kubeconfig(
@@ -101,16 +88,20 @@ def tunnel_kubeconfig(
         raise KubeconfigError(f"{source}: no current-context; name one with --context")
     context_entry = _named(result, "contexts", context_name, source).get("context")
     if not isinstance(context_entry, dict) or not context_entry.get("cluster"):
-        raise KubeconfigError(f"{source}: context {context_name!r} names no cluster")
+        raise KubeconfigError(f"{source}: context {show(context_name)} names no cluster")
     cluster_name = str(context_entry["cluster"])
     cluster = _named(result, "clusters", cluster_name, source).get("cluster")
     if not isinstance(cluster, dict) or not isinstance(cluster.get("server"), str):
-        raise KubeconfigError(f"{source}: cluster {cluster_name!r} has no server")
+        raise KubeconfigError(f"{source}: cluster {show(cluster_name)} has no server")
     original = cluster["server"]
-    parts = urlsplit(original)
+    try:
+        parts = urlsplit(original)
+    except ValueError:  # an unclosed [IPv6 literal
+        parts = urlsplit("")
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise KubeconfigError(
-            f"{source}: cluster {cluster_name!r} has server {original!r}, expected an https:// URL"
+            f"{source}: cluster {show(cluster_name)} has server {show(_without_userinfo(original))}, "
+            "expected an https:// URL"
         )
     local = urlsplit(local_server_url(listen_host, listen_port, parts.scheme))
     cluster["server"] = urlunsplit((parts.scheme, local.netloc, parts.path, parts.query, parts.fragment))
@@ -165,10 +156,18 @@ def dump_kubeconfig(document: Kubeconfig) -> str:
 
 def read_kubeconfig(path: Path) -> Kubeconfig:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise KubeconfigError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+        text = read_text(path)
+    except UnreadableFile as error:
+        raise KubeconfigError(f"cannot read {path}: {error}") from None
     return parse_kubeconfig(text, str(path))
+
+
+_USERINFO = re.compile(r"//[^/?#]*@")
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL as an error may show it: `https://user:password@host` loses `user:password@`."""
+    return _USERINFO.sub("//", url, count=1)
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +136,14 @@ def test_the_copy_is_json_that_parses_back_the_same() -> None:
     result, _ = tunnel_kubeconfig(parse_kubeconfig(GARDENER_STYLE), "127.0.0.1", 6443)
     text = dump_kubeconfig(result)
     assert json.loads(text) == result
-    assert parse_kubeconfig(text) == result  # JSON input needs no YAML parser
+    assert parse_kubeconfig(text) == result
 
 
 @pytest.mark.parametrize(
     ("text", "error"),
     [
-        ("{not json", "not valid JSON"),
-        ("a: [b", "not valid YAML"),
+        ("{not json", r"not valid YAML or JSON: .* \(line 2, column 1\)"),
+        ("a: [b", r"not valid YAML or JSON: .* \(line 2, column 1\)"),
         ("- just\n- a list\n", "expected a kubeconfig"),
     ],
 )
@@ -190,9 +189,101 @@ def test_read_and_same_file(tmp_path: Path) -> None:
         read_kubeconfig(tmp_path / "nope.yaml")
 
 
-def test_yaml_without_pyyaml_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The test environment has PyYAML; None in sys.modules makes its import fail as on a bare install.
-    monkeypatch.setitem(sys.modules, "yaml", None)
-    with pytest.raises(KubeconfigError, match=r"^in\.yaml: reading a YAML kubeconfig needs PyYAML"):
-        parse_kubeconfig(GARDENER_STYLE, "in.yaml")
-    assert parse_kubeconfig('{"current-context": "x"}') == {"current-context": "x"}
+# --- hostile or broken input: the attack, then the bound ----------------------------------------------------
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2Vu.SIGNATURE-0123456789"
+
+
+def laughs(levels: int = 9) -> str:
+    """A "billion laughs": 10^levels values from a few hundred bytes of YAML anchors and aliases."""
+    lines = ['lol0: &lol0 "lol"']
+    lines += [f"lol{n}: &lol{n} [" + ", ".join([f"*lol{n - 1}"] * 10) + "]" for n in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_syntax_error_on_a_token_line_names_the_place_not_the_token() -> None:
+    text = GARDENER_STYLE.replace("user: {token: secret}", f"user:\n    token: {TOKEN}: oops")
+    with pytest.raises(KubeconfigError) as caught:
+        parse_kubeconfig(text, "in.yaml")
+    message = str(caught.value)
+    # PyYAML's own message quotes the line (and so the token); only its problem and position are kept.
+    assert re.fullmatch(r"in\.yaml: not valid YAML or JSON: .+ \(line 21, column \d+\)", message), message
+    assert "c2VjcmV0" not in message and "SIGNATURE" not in message
+
+
+def test_a_billion_laughs_is_refused_before_anything_walks_it() -> None:
+    text = laughs() + GARDENER_STYLE.replace("kind: Config", "kind: Config\nextensions: *lol9")
+    with pytest.raises(
+        KubeconfigError, match=r"^in\.yaml: YAML aliases expand it to more than 1,000,000 values \(line 7,"
+    ):
+        parse_kubeconfig(text, "in.yaml")
+    # A few aliases are YAML as usual.
+    assert parse_kubeconfig(laughs(2) + GARDENER_STYLE)["lol2"] == [["lol"] * 10] * 10
+
+
+def test_a_cycle_through_an_alias_is_refused() -> None:
+    with pytest.raises(
+        KubeconfigError, match=r"^src: a YAML alias inside its own anchor \(a cycle\) \(line 1,"
+    ):
+        parse_kubeconfig("clusters: &c [*c]\n", "src")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("clusters: " + "[" * 100_000 + "]" * 100_000, "nesting depth"),  # libyaml's own limit (1,000)
+        (
+            "clusters:\n" + "".join(" " * level + "- \n" for level in range(1, 150)),
+            "nested deeper than 100 levels",
+        ),
+        (
+            '{"clusters": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            r"nested deeper than 100 levels \(line 1, column 113\)",
+        ),
+    ],
+    ids=["yaml-flow", "yaml-block", "json"],
+)
+def test_deep_nesting_is_refused_without_recursion(text: str, message: str) -> None:
+    with pytest.raises(KubeconfigError, match=f"^src: .*{message}"):
+        parse_kubeconfig(text, "src")
+
+
+def test_a_file_larger_than_the_bound_is_not_read_whole(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with big.open("w") as out:
+        out.write("preferences:\n")
+        for index in range(30 * 1024 * 1024 // 60):
+            out.write(f"  key_{index:08d}: {'x' * 45}\n")
+    assert big.stat().st_size > 30 * 1024 * 1024
+    with pytest.raises(KubeconfigError, match=r"^cannot read .*big\.yaml: larger than 8 MiB$"):
+        read_kubeconfig(big)
+
+
+def test_a_file_that_is_not_utf8_says_where(tmp_path: Path) -> None:
+    source = tmp_path / "latin1.yaml"
+    source.write_bytes(b"current-context: x\nusers:\n- name: caf\xe9\n")
+    with pytest.raises(KubeconfigError, match=r"latin1\.yaml: not UTF-8 text \(line 3, column 12\)$"):
+        read_kubeconfig(source)
+
+
+def test_values_shown_in_messages_are_bounded_and_a_servers_password_is_not() -> None:
+    document: dict[str, Any] = {
+        "current-context": "x",
+        "contexts": [{"name": "x", "context": {"cluster": "c" * 10_000}}],
+    }
+    with pytest.raises(KubeconfigError) as caught:
+        tunnel_kubeconfig(document, "127.0.0.1", 6443, source="in.yaml")
+    assert len(str(caught.value)) < 120, str(caught.value)
+    document["clusters"] = [{"name": "c" * 10_000, "cluster": {"server": "ftp://admin:hunter2@api.example"}}]
+    with pytest.raises(KubeconfigError, match=r"has server 'ftp://api\.example', expected") as caught:
+        tunnel_kubeconfig(document, "127.0.0.1", 6443, source="in.yaml")
+    assert "hunter2" not in str(caught.value) and len(str(caught.value)) < 200
+    document["clusters"][0]["cluster"]["server"] = "https://[::1"
+    with pytest.raises(KubeconfigError, match=r"has server 'https://\[::1', expected an https:// URL"):
+        tunnel_kubeconfig(document, "127.0.0.1", 6443, source="in.yaml")
+
+
+def test_json_is_read_as_json() -> None:
+    # json.dumps escapes non-ASCII as \\uXXXX, a character outside the BMP as a surrogate pair: read back whole.
+    document = {"current-context": "café ☕ 🚀", "clusters": [], "number": 1e3}
+    assert parse_kubeconfig(json.dumps(document)) == document
