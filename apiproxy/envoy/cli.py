@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..config import ConfigError, ProxyConfig
+from ..documents import UnreadableFile, read_text
 from .bootstrap import Bootstrap, BootstrapError, read_bootstrap
 
 log = logging.getLogger("apiproxy.envoy")
@@ -142,11 +143,9 @@ def _fail(message: str) -> int:
 def load(path: str, *, allow_unknown_fields: bool) -> Bootstrap:
     """Read and check the file. Raises BootstrapError (also for a file that cannot be read)."""
     try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise BootstrapError("", f"cannot read the file: {reason}") from None
+        text = read_text(path)
+    except UnreadableFile as error:
+        raise BootstrapError("", f"cannot read the file: {error}") from None
     return read_bootstrap(text, allow_unknown_fields=allow_unknown_fields)
 
 

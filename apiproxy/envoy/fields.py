@@ -45,6 +45,7 @@ ADMIN_FIELDS = {
     "access_log": IGNORE, "access_log_path": IGNORE, "profile_path": IGNORE, "address": USE,
     "socket_options": IGNORE, "ignore_global_conn_limit": IGNORE, "allow_paths": IGNORE,
 }  # fmt: skip
+LAYERED_RUNTIME_FIELDS = {"layers": USE}
 LAYER_FIELDS = {
     "name": IGNORE, "static_layer": USE, "admin_layer": IGNORE,
     "disk_layer": "not supported (only static_layer runtime values are read)",
@@ -70,7 +71,11 @@ FILTER_CHAIN_FIELDS = {
     "transport_socket_connect_timeout": IGNORE, "name": IGNORE, "on_demand_configuration": NOT_SUPPORTED,
 }  # fmt: skip
 FILTER_FIELDS = {"name": USE, "typed_config": USE, "config_discovery": NOT_SUPPORTED}
+# The metrics listener's (the tunnel listener has one address), and its routes to the admin cluster.
+ADDITIONAL_ADDRESS_FIELDS = {"address": USE, "socket_options": NOT_SUPPORTED}
+ROUTE_ACTION_FIELDS = {"cluster": USE, "prefix_rewrite": USE, "timeout": IGNORE, "idle_timeout": IGNORE}
 ADDRESS_FIELDS = {"socket_address": USE, "pipe": USE, "envoy_internal_address": NOT_SUPPORTED}
+PIPE_FIELDS = {"path": USE, "mode": IGNORE}
 SOCKET_ADDRESS_FIELDS = {
     "protocol": USE, "address": USE, "port_value": USE, "named_port": NOT_SUPPORTED,
     "resolver_name": NOT_SUPPORTED, "ipv4_compat": USE, "network_namespace_filepath": NOT_SUPPORTED,
@@ -92,6 +97,15 @@ TUNNELING_FIELDS = {
 HEADER_OPTION_FIELDS = {"header": USE, "append": IGNORE, "append_action": IGNORE, "keep_empty_value": IGNORE}
 HEADER_FIELDS = {"key": USE, "value": USE, "raw_value": NOT_SUPPORTED}
 ACCESS_LOG_FIELDS = {"name": USE, "filter": "not supported (every tunnel is logged)", "typed_config": USE}
+STDOUT_ACCESS_LOG_FIELDS = {"@type": USE, "log_format": USE}
+FILE_ACCESS_LOG_FIELDS = {
+    "@type": USE, "path": USE, "log_format": USE, "format": USE, "json_format": "not supported (text formats only)",
+    "typed_json_format": "not supported (text formats only)",
+}  # fmt: skip
+TEXT_FORMAT_SOURCE_FIELDS = {
+    "inline_string": USE, "filename": "not supported (inline_string only)",
+    "inline_bytes": "not supported (inline_string only)", "environment_variable": "not supported (inline_string only)",
+}  # fmt: skip
 LOG_FORMAT_FIELDS = {
     "text_format": USE, "text_format_source": USE, "json_format": "not supported (text formats only)",
     "omit_empty_values": NOT_SUPPORTED, "content_type": IGNORE, "formatters": NOT_SUPPORTED,
@@ -122,6 +136,14 @@ CLUSTER_FIELDS = {
 }  # fmt: skip
 UPSTREAM_OPTIONS_FIELDS = {
     "tcp_keepalive": USE, "set_local_interface_name_on_upstream_connections": IGNORE, "happy_eyeballs_config": IGNORE,
+}  # fmt: skip
+TRANSPORT_SOCKET_FIELDS = {"name": USE, "typed_config": USE}
+PROXY_PROTOCOL_TRANSPORT_FIELDS = {
+    "@type": USE, "config": USE, "transport_socket": USE, "allow_unspecified_address": IGNORE,
+    "tlv_as_pool_key": IGNORE,
+}  # fmt: skip
+PROXY_PROTOCOL_CONFIG_FIELDS = {
+    "version": USE, "pass_through_tlvs": NOT_SUPPORTED, "added_tlvs": NOT_SUPPORTED,
 }  # fmt: skip
 KEEPALIVE_FIELDS = {"keepalive_probes": USE, "keepalive_time": USE, "keepalive_interval": USE}
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")

@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..documents import show
 from .fields import IGNORE, TYPE_PREFIX, USE
 
 
@@ -29,6 +30,14 @@ class Findings:
 
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+# What a field (or extension) name of Envoy's looks like; any other key is quoted and bounded in a path.
+_FIELD_NAME = re.compile(r"@?[A-Za-z0-9_.]{1,100}")
+
+
+def field_path(path: str, name: str) -> str:
+    """The config path of field `name` of the message at `path`."""
+    name = name if _FIELD_NAME.fullmatch(name) else show(name)
+    return f"{path}.{name}" if path else name
 
 
 def _snake(name: str) -> str:
@@ -53,7 +62,7 @@ class Message:
         self.findings = findings
 
     def at(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
+        return field_path(self.path, name)
 
     def check(self, table: Mapping[str, str], *, refuse: bool = True) -> None:
         """Apply the field table: note ignored fields, refuse what apiproxy cannot honour."""
@@ -148,8 +157,3 @@ class Message:
 
     def type_name(self) -> str:
         return type_name(self.string("@type"))
-
-
-def show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

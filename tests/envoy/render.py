@@ -56,3 +56,18 @@ def tcp_proxy_of(config: dict[str, Any]) -> dict[str, Any]:
         "typed_config"
     ]
     return proxy
+
+
+def listener_of(config: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    listener: dict[str, Any] = config["static_resources"]["listeners"][index]
+    return listener
+
+
+def cluster_of(config: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    cluster: dict[str, Any] = config["static_resources"]["clusters"][index]
+    return cluster
+
+
+def tunneling_of(config: dict[str, Any]) -> dict[str, Any]:
+    tunneling: dict[str, Any] = tcp_proxy_of(config)["tunneling_config"]
+    return tunneling

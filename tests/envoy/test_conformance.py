@@ -18,27 +18,15 @@ import yaml
 from apiproxy.envoy.cli import run
 from lab.gateway import envoy_binary
 
+from .render import cluster_of as cluster
 from .render import example, tcp_proxy_of
+from .render import listener_of as listener
+from .render import tunneling_of as tunneling
 
 pytestmark = pytest.mark.envoy
 
 Document = dict[str, Any]
 OK, REFUSED = True, False
-
-
-def listener(d: Document, index: int = 0) -> Document:
-    found: Document = d["static_resources"]["listeners"][index]
-    return found
-
-
-def cluster(d: Document, index: int = 0) -> Document:
-    found: Document = d["static_resources"]["clusters"][index]
-    return found
-
-
-def tunneling(d: Document) -> Document:
-    found: Document = tcp_proxy_of(d)["tunneling_config"]
-    return found
 
 
 def socket_address(d: Document) -> Document:
