@@ -1,6 +1,7 @@
 """Beyond one machine: `--shard I/N` gives generator I every N-th unit of the one schedule, and `load merge`
-adds the shards' results.json into one report — histograms merge exactly, counts and rates add — after
-checking that they are shards of the same run (same scenario and target) and saying which are missing.
+adds the shards' results (their results.json, or the lines `--log-results` printed into a log) into one
+report — histograms merge exactly, counts and rates add — after checking that they are shards of the same
+run (same scenario and target) and saying which are missing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from apiproxy.config import ConfigError
 
 from .plan import Shard
 from .record import Recorder
-from .report import FORMAT, document
+from .report import FORMAT, RESULTS_LINE_PREFIX, document
 
 _SHARD = re.compile(r"(\d+)/(\d+)")
 MAX_SHARDS = 10000
@@ -33,17 +34,34 @@ class MergeError(Exception):
     """The inputs are not shards of one run; `str()` is the one line for the user."""
 
 
-def _read(path: Path) -> tuple[Path, dict[str, Any]]:
+def _read(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """A shard's directory, its results.json, or a log holding `--log-results` lines (`kubectl logs` of
+    the load Job's pods, any number of shards in one file): (where, results) for each shard found."""
     file = path / "results.json" if path.is_dir() else path
     try:
-        results = json.loads(file.read_text())
-    except OSError as error:
-        raise MergeError(f"{file}: cannot read it ({error.strerror or error})") from None
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise MergeError(f"{file}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+    found: list[tuple[str, Any]] = []
+    try:
+        if text.lstrip().startswith("{"):
+            found.append((str(file), json.loads(text)))
+        else:
+            for number, line in enumerate(text.splitlines(), 1):
+                # kubectl logs --prefix puts "[pod/NAME/load] " in front: the marker may follow it.
+                start = line.find(RESULTS_LINE_PREFIX)
+                if start >= 0:
+                    found.append((f"{file}:{number}", json.loads(line[start + len(RESULTS_LINE_PREFIX) :])))
     except ValueError as error:
         raise MergeError(f"{file}: not JSON ({error})") from None
-    if not isinstance(results, dict) or results.get("format") != FORMAT:
-        raise MergeError(f"{file}: not a results.json of `python -m benchmarks load` ({FORMAT})")
-    return file, results
+    if not found:
+        raise MergeError(
+            f"{file}: neither a results.json nor a log with {RESULTS_LINE_PREFIX.strip()!r} lines"
+        )
+    for where, results in found:
+        if not isinstance(results, dict) or results.get("format") != FORMAT:
+            raise MergeError(f"{where}: not a results.json of `python -m benchmarks load` ({FORMAT})")
+    return found
 
 
 def _run_identity(results: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +72,7 @@ def _run_identity(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge(paths: list[Path]) -> dict[str, Any]:
-    read = [_read(path) for path in paths]
+    read = [found for path in paths for found in _read(path)]
     first_file, first = read[0]
     identity = _run_identity(first)
     recorder = Recorder(first["unit"])

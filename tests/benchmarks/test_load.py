@@ -199,17 +199,22 @@ def test_an_unreachable_target_is_a_result_naming_the_failure(tmp_path: Path) ->
     assert "| 0 | 20 | refused 20 |" in run.stdout
 
 
-def test_two_shards_merge_into_the_counts_of_one_run(lab: Lab, tmp_path: Path) -> None:
-    shards = [
-        succeeded(load(tmp_path / f"shard-{i}", "storm", "100", *through_gateway(lab), "--shard", f"{i}/2", "--workers", "1"))
-        for i in range(2)
-    ]  # fmt: skip
-    assert [s["ok"] for s in shards] == [50, 50]
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "load", "merge", str(tmp_path / "shard-0"),
-                           str(tmp_path / "shard-1"), "--output", str(tmp_path / "merged")],
+def merge(output: Path, *inputs: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "load", "merge", *map(str, inputs), "--output", str(output)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    return done, json.loads((output / "results.json").read_text())
+
+
+def test_two_shards_merge_into_the_counts_of_one_run(lab: Lab, tmp_path: Path) -> None:
+    runs = [
+        load(tmp_path / f"shard-{i}", "storm", "100", *through_gateway(lab), "--shard", f"{i}/2", "--workers", "1",
+             "--log-results")
+        for i in range(2)
+    ]  # fmt: skip
+    shards = [succeeded(run) for run in runs]
+    assert [s["ok"] for s in shards] == [50, 50]
+    done, merged = merge(tmp_path / "merged", tmp_path / "shard-0", tmp_path / "shard-1")
     assert (merged["ok"], merged["failed"], merged["started"]) == (100, {}, 100)
     assert merged["missing_shards"] == []
     assert [s["shard"] for s in merged["shards"]] == ["0/2", "1/2"]
@@ -220,6 +225,14 @@ def test_two_shards_merge_into_the_counts_of_one_run(lab: Lab, tmp_path: Path) -
         assert Histogram.from_json(merged["phases"][name]["histogram"]) == expected
         assert merged["phases"][name]["count"] == 100
     assert "| 100 | 0 |" in done.stdout
+
+    # The load Job's way: both pods' logs (progress, table, results line) in one file, as kubectl logs gives.
+    log = tmp_path / "load.log"
+    log.write_text("".join(run.stderr + run.stdout for run in reversed(runs)))
+    _, from_log = merge(tmp_path / "merged-log", log)
+    assert sorted(s["shard"] for s in from_log["shards"]) == ["0/2", "1/2"]
+    assert from_log["phases"] == merged["phases"]
+    assert from_log["per_second"] == merged["per_second"]
 
 
 def test_hold_keeps_tunnels_and_probes_each(lab: Lab, tmp_path: Path) -> None:
