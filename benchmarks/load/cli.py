@@ -17,6 +17,7 @@ import socket
 import ssl
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,7 +33,8 @@ from apiproxy.config import (
     parse_size,
 )
 
-from . import report, workers
+from . import lab, report, workers
+from .lab import VARIANTS as LAB_VARIANTS
 from .limits import LimitError, in_flight_budget
 from .plan import DEFAULT_SNI, Plan, Scenario, Target
 from .shards import MergeError, merge, parse_shard
@@ -60,7 +62,7 @@ def say(message: str) -> None:
 
 
 def _target_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("target (one of --target or --gateway)")
+    group = parser.add_argument_group("target (one of --target, --gateway or --lab)")
     group.add_argument(
         "--target", metavar="HOST:PORT", help="a node proxy (VIP:443): TCP, then TLS through it"
     )
@@ -73,6 +75,8 @@ def _target_options(parser: argparse.ArgumentParser) -> None:
                        help="with --gateway: the header naming the destination (default X-Gardener-Destination; repeatable)")  # fmt: skip
     group.add_argument("--connect-authority", metavar="HOST:PORT",
                        help="with --gateway: the CONNECT request-target and Host (default: the gateway's host, port 443)")  # fmt: skip
+    group.add_argument("--lab", metavar="VARIANT",
+                       help=f"start the benchmarks' loopback topology and load its node proxy VARIANT, or its gateway ({', '.join(LAB_VARIANTS)}; plain HTTP)")  # fmt: skip
     group.add_argument(
         "--plain", action="store_true", help="no TLS through the tunnel (echo or HTTP backends in a lab)"
     )
@@ -181,11 +185,28 @@ def _resolve(option: str, host: str, port: int) -> str:
     return str(found[0][4][0])
 
 
+def _lab_target(args: argparse.Namespace) -> Target:
+    """A stand-in until the topology is started (see `main`); the options it makes meaningless refused."""
+    if args.lab not in LAB_VARIANTS:
+        raise ConfigError("--lab", args.lab, f"one of {', '.join(LAB_VARIANTS)}")
+    for flag, given in (("--destination", args.destination), ("--destination-header", args.destination_header),
+                        ("--connect-authority", args.connect_authority), ("--ca", args.ca),
+                        ("--insecure", args.insecure), ("--sni", args.sni)):  # fmt: skip
+        if given:
+            raise UsageError(
+                f"{flag}: not with --lab (its backend is plain HTTP behind a gateway it configures)"
+            )
+    return Target("gateway" if args.lab == "gateway" else "node", "127.0.0.1", 1, "127.0.0.1", tls=False,
+                  path=args.path, lab=args.lab)  # fmt: skip
+
+
 def _target(args: argparse.Namespace) -> Target:
-    if (args.target is None) == (args.gateway is None):
+    if [args.target, args.gateway, args.lab].count(None) != 2:
         raise UsageError(
-            "expected one of --target HOST:PORT (a node proxy) or --gateway HOST:PORT (the seed gateway)"
+            "expected one of --target HOST:PORT (a node proxy), --gateway HOST:PORT (the seed gateway) or --lab VARIANT"
         )
+    if args.lab is not None:
+        return _lab_target(args)
     if args.target is not None:
         for flag, given in (("--destination", args.destination), ("--destination-header", args.destination_header),
                             ("--connect-authority", args.connect_authority)):  # fmt: skip
@@ -247,6 +268,8 @@ def _plan(args: argparse.Namespace) -> Plan:
     scenario = _scenario(args)
     target = _target(args)
     shard = parse_shard("--shard", args.shard)
+    if target.lab is not None and shard.count > 1:
+        raise UsageError("--shard: not with --lab (each generator would start a topology of its own)")
     timeout = _duration("--timeout", args.timeout)
     return Plan(target, scenario, _workers(args, scenario, shard.count), shard, timeout)
 
@@ -292,8 +315,19 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, LimitError, MergeError) as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
+    if plan.target.lab is None:
+        return _finish(_run(plan, budget), args)
+    try:
+        with lab.started(plan.target.lab) as target:
+            results = _run(replace(plan, target=replace(target, path=plan.target.path)), budget)
+    except lab.LabError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
+    return _finish(results, args)
+
+
+def _run(plan: Plan, budget: int) -> dict[str, Any]:
     say(
         f"{plan.scenario.describe()} against {plan.target.describe()}; {plan.workers} worker(s), shard {plan.shard}"
     )
-    outcome = workers.run(plan, budget, say)
-    return _finish(report.from_run(plan, outcome), args)
+    return report.from_run(plan, workers.run(plan, budget, say))

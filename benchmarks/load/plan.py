@@ -33,6 +33,8 @@ class Target:
     destination_headers: tuple[str, ...] = ("X-Gardener-Destination",)
     connect_authority: str | None = None
     path: str = "/version"
+    # `--lab VARIANT`: the target is that part of the loopback topology started for the run.
+    lab: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -66,6 +68,9 @@ class Target:
         security = (
             "plain" if not self.tls else f"TLS, SNI {self.sni}" + (", not verified" if self.insecure else "")
         )
+        if self.lab is not None:
+            what = "the lab's seed gateway" if self.kind == "gateway" else f"the lab's {self.lab} node proxy"
+            return f"{what} on {self.endpoint} (plain HTTP backend)"
         if self.kind == "gateway":
             return f"seed gateway {self.endpoint} (CONNECT, {self.destination_headers[0]}: {self.destination}; {security})"
         return f"node proxy {self.endpoint} ({security})"

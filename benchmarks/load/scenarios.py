@@ -21,7 +21,7 @@ from typing import Any
 
 from .plan import Plan
 from .record import Recorder
-from .tunnel import Conversation, Failure, Stream, exchange, failure_kind, open_tunnel
+from .tunnel import Conversation, Failure, Stream, describe, exchange, failure_kind, open_tunnel
 
 # Unanswered requests one kept tunnel may have waiting behind the one in progress.
 _QUEUE_LIMIT = 1000
@@ -170,7 +170,7 @@ async def hold(context: Context) -> None:
                 async with asyncio.timeout(context.plan.timeout):
                     await exchange(stream, conversation)
             except Exception as error:
-                kind, detail = failure_kind(error), str(error) or type(error).__name__
+                kind, detail = failure_kind(error), describe(error)
                 recorder.fail("probes", kind, "probe", detail, context.at())
                 recorder.fail("tunnels", kind, "probe", detail, context.at())
                 alive[index] = False
@@ -236,7 +236,7 @@ class _Kept:
                         await exchange(*self.opened)
             except Exception as error:
                 phase = error.phase if isinstance(error, Failure) else "request"
-                recorder.fail("requests", failure_kind(error), phase, str(error) or type(error).__name__,
+                recorder.fail("requests", failure_kind(error), phase, describe(error),
                               context.at())  # fmt: skip
                 if self.opened is not None:
                     self.opened[0].close()
@@ -294,7 +294,7 @@ async def bulk(context: Context) -> None:
                 received += len(data)
                 recorder.received(len(data), context.at())
         except Exception as error:
-            recorder.fail("tunnels", failure_kind(error), "bulk", str(error) or type(error).__name__,
+            recorder.fail("tunnels", failure_kind(error), "bulk", describe(error),
                           context.at())  # fmt: skip
             return
         recorder.ok("tunnels", context.at())

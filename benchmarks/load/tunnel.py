@@ -69,7 +69,10 @@ def failure_kind(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _detail(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
+    """What went wrong, in the words of the system where it has some."""
+    if isinstance(error, TimeoutError) and not str(error):
+        return "no progress within --timeout"
     return str(error) or type(error).__name__
 
 
@@ -318,7 +321,7 @@ async def open_tunnel(target: Target, tls: ssl.SSLContext | None, conversation: 
             stream.close()
         if isinstance(error, Failure) or not isinstance(error, Exception):
             raise  # a Failure already, or the run is being cancelled
-        raise Failure(failure_kind(error), setup.phase, _detail(error)) from None
+        raise Failure(failure_kind(error), setup.phase, describe(error)) from None
 
 
 async def _connect_answer(stream: Stream, request: bytes, setup: Setup, tls_follows: bool) -> None:

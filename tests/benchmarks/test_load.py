@@ -264,6 +264,17 @@ def test_bulk_echoes_through_the_gateway(lab: Lab, tmp_path: Path) -> None:
     assert results["gbit_per_s"] > 0
 
 
+def test_the_lab_topology_with_envoy_on_gardeners_config_is_a_target(tmp_path: Path) -> None:
+    results = succeeded(load(tmp_path, "storm", "100", "--lab", "envoy-c1", "--workers", "1"))
+    assert (results["ok"], results["failed"]) == (100, {})
+    assert (results["target"]["lab"], results["target"]["kind"], results["target"]["tls"]) == (
+        "envoy-c1",
+        "node",
+        False,
+    )
+    assert "the lab's envoy-c1 node proxy" in results["description"]
+
+
 def test_ctrl_c_stops_the_load_and_still_writes_the_report(lab: Lab, tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmarks", "load", "rate", "20", "--duration", "60s", *through_apiproxy(lab),
