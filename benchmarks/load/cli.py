@@ -274,6 +274,11 @@ def _plan(args: argparse.Namespace) -> Plan:
     return Plan(target, scenario, _workers(args, scenario, shard.count), shard, timeout)
 
 
+def plan_for(argv: list[str]) -> Plan:
+    """The plan a command line asks for, checked as `main` checks it (UsageError or ConfigError if not)."""
+    return _plan(_parser().parse_args(argv))
+
+
 def _output(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -123,8 +123,8 @@ class Recorder:
     def start(self, at: float, lag: float) -> None:
         """A unit (tunnel or request) started at `at`, `lag` seconds after its scheduled time."""
         self.started += 1
-        self.first_start = at if self.first_start is None else min(self.first_start, at)
-        self.last_start = at if self.last_start is None else max(self.last_start, at)
+        self.first_start = _span_min(self.first_start, at)
+        self.last_start = _span_max(self.last_start, at)
         self.second(at).started += 1
         self.phase("schedule_lag", lag, at)
 
@@ -156,7 +156,7 @@ class Recorder:
         self.second(at).bytes_received += count
 
     def setup_answered(self, at: float) -> None:
-        self.last_setup_answer = at if self.last_setup_answer is None else max(self.last_setup_answer, at)
+        self.last_setup_answer = _span_max(self.last_setup_answer, at)
 
     @property
     def tally(self) -> Tally:
@@ -180,6 +180,10 @@ class Recorder:
         self.last_start = _span_max(self.last_start, other.last_start)
         self.last_setup_answer = _span_max(self.last_setup_answer, other.last_setup_answer)
 
+    def span(self) -> dict[str, float | None]:
+        return {"first_start_s": self.first_start, "last_start_s": self.last_start,
+                "last_setup_answer_s": self.last_setup_answer}  # fmt: skip
+
     def to_json(self) -> dict[str, Any]:
         """Everything recorded, percentiles included, in the shape results.json carries."""
         return {
@@ -190,11 +194,7 @@ class Recorder:
             "tallies": {name: tally.to_json() for name, tally in self.tallies.items()},
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
-            "span": {
-                "first_start_s": self.first_start,
-                "last_start_s": self.last_start,
-                "last_setup_answer_s": self.last_setup_answer,
-            },
+            "span": self.span(),
             "phases": {name: _phase_json(self.phases[name]) for name in _ordered(self.phases)},
             "per_second": [
                 {

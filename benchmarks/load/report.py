@@ -106,7 +106,7 @@ def shard_entry(plan: Plan, outcome: Outcome) -> dict[str, Any]:
         "duration_s": round(outcome.seconds, 3),
         "interrupted": outcome.interrupted,
         "errors": outcome.errors,
-        "span": outcome.recorder.to_json()["span"],
+        "span": outcome.recorder.span(),
         "generator": verdict(outcome.monitors),
         "machine": machine(),
     }

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from benchmarks.load.cli import _parser, _plan
+from benchmarks.load.cli import plan_for
 from benchmarks.load.plan import Shard
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ def test_every_shard_gets_arguments_the_load_generator_accepts(tmp_path: Path) -
     _, job = render(GATEWAY_RATE, ("shards=3", "scenario.args={500,--duration,60s}", "workers=2"))
     for index in range(3):
         args = [str(ca) if a == "/etc/apiproxy-load/ca/ca.crt" else a for a in shard_args(job, index)]
-        plan = _plan(_parser().parse_args(args))
+        plan = plan_for(args)
         assert plan.shard == Shard(index, 3)
         assert (plan.scenario.kind, plan.scenario.rate, plan.scenario.duration) == ("rate", 500, 60)
         assert (plan.target.kind, plan.target.endpoint, plan.target.destination) == (
@@ -128,7 +128,7 @@ def test_a_node_target_in_plain_text_and_results_on_a_claim() -> None:
                "results.persistentVolumeClaim": "load-results"}  # fmt: skip
     _, job = render(strings, ("tls.plain=true", "scenario.args={3000}"))
     args = shard_args(job, 0)
-    plan = _plan(_parser().parse_args(args))
+    plan = plan_for(args)
     assert (plan.target.kind, plan.target.tls, plan.scenario.count) == ("node", False, 3000)
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["results"]["persistentVolumeClaim"] == {"claimName": "load-results"}
