@@ -25,9 +25,9 @@ from apiproxy.config import (
     ConfigError,
     is_hostname,
     parse_authority,
+    parse_connect_header_name,
     parse_duration,
     parse_endpoint,
-    parse_header_name,
     parse_header_value,
     parse_int,
     parse_size,
@@ -230,7 +230,7 @@ def _target(args: argparse.Namespace) -> Target:
         fields["destination"] = parse_header_value("--destination", args.destination)
         names = args.destination_header or ["X-Gardener-Destination"]
         fields["destination_headers"] = tuple(
-            parse_header_name("--destination-header", name) for name in names
+            parse_connect_header_name("--destination-header", name) for name in names
         )
         if args.connect_authority is not None:
             fields["connect_authority"] = parse_authority("--connect-authority", args.connect_authority)

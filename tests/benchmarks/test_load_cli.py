@@ -34,6 +34,8 @@ TARGET = ("--target", "127.0.0.1:9")
         (("storm", "10", "--gateway", "127.0.0.1:8443", "--destination", "a\rb"), "--destination: expected a non-empty HTTP header value"),
         (("storm", "10", "--gateway", "127.0.0.1:8443", "--destination", "x", "--destination-header", "Bad Name"),
          "--destination-header: expected an HTTP header name"),
+        (("storm", "10", "--gateway", "127.0.0.1:8443", "--destination", "x", "--destination-header", "Content-Length"),
+         "--destination-header: expected a header name other than"),
         (("storm", "10", "--gateway", "127.0.0.1:8443", "--destination", "x", "--connect-authority", "api"),
          "--connect-authority: expected HOST:PORT"),
         (("storm", "10", *TARGET, "--destination", "x"), "--destination: only with --gateway"),
