@@ -1,32 +1,44 @@
 """The monitoring port of a running `apiproxy run` after real tunnels through the lab gateway: what it
-serves, that Prometheus' own tools accept it, and the access-log line of each tunnel."""
+serves, that Prometheus' own tools accept it, and the access-log line of each tunnel. Then the endpoint
+in-process: the HTTP it speaks (one request, one answer, close), its deadline, its slots, its threads.
+The port under attack from pods: tests/faults/test_monitoring_port.py."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import logging
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from apiproxy.monitoring.http import MAX_CONCURRENT
+from apiproxy.monitoring.http import (
+    DEADLINE,
+    HEAD_LIMIT,
+    LOOPBACK_SLOTS,
+    PER_SOURCE,
+    MonitoringEndpoint,
+    head_end,
+    is_loopback,
+)
 from lab.gateway import free_port
 from lab.proxy import ApiproxyProcess
 
 from .lab import apiproxy, echo_and_gateway, echo_tunnel, get, wait_for
-
-pytestmark = pytest.mark.envoy
 
 SIZES = (1, 1000, 70_000)  # one tunnel each: bytes sent, echoed back
 
@@ -49,6 +61,7 @@ def running() -> Iterator[Running]:
         yield Running(proxy, listen_port, metrics_port, gateway.port)
 
 
+@pytest.mark.envoy
 def test_ready_and_metrics_answer(running: Running) -> None:
     assert get(running.metrics_port, "/ready") == (200, "ready\n")
     with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5) as response:
@@ -65,6 +78,7 @@ def test_ready_and_metrics_answer(running: Running) -> None:
     )
 
 
+@pytest.mark.envoy
 @pytest.mark.parametrize(
     "path", ["/", "/metrics/", "/readyz", "/stats/prometheus", "/ready/x", "/favicon.ico"]
 )
@@ -72,6 +86,7 @@ def test_everything_else_is_404(running: Running, path: str) -> None:
     assert get(running.metrics_port, path)[0] == 404
 
 
+@pytest.mark.envoy
 def test_access_log_line_per_tunnel(running: Running) -> None:
     lines = running.proxy.stdout().splitlines()
     pattern = re.compile(
@@ -90,6 +105,7 @@ def test_access_log_line_per_tunnel(running: Running) -> None:
     assert "listening on" not in running.proxy.stdout()
 
 
+@pytest.mark.envoy
 def test_promtool_accepts_a_live_scrape(running: Running) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -107,6 +123,7 @@ def test_promtool_accepts_a_live_scrape(running: Running) -> None:
     assert all(line.startswith("envoy_") for line in findings.splitlines()), findings
 
 
+@pytest.mark.envoy
 def test_prometheus_scrapes_the_tunnel_count(running: Running) -> None:
     binary = shutil.which("prometheus")
     if binary is None:
@@ -192,15 +209,14 @@ def test_metrics_address_in_use_is_one_line() -> None:
     assert f"127.0.0.1:{port}" in done.stderr
 
 
-def test_idle_connections_cannot_pile_up_threads(running: Running) -> None:
-    idle = [
-        socket.create_connection(("127.0.0.1", running.metrics_port), timeout=5)
-        for _ in range(MAX_CONCURRENT)
-    ]
+@pytest.mark.envoy
+def test_idle_connections_are_capped_per_source(running: Running) -> None:
+    """PER_SOURCE idle connections from one address: the next from it is refused at once, another address
+    is still answered, and once they close the first address is answered again."""
+    idle = [connect_from("127.0.0.1", running.metrics_port) for _ in range(PER_SOURCE)]
     try:
-        wait_for(
-            lambda: get_or_none(running.metrics_port) is None, timeout=5
-        )  # the next one is closed at once
+        wait_for(lambda: get_or_none(running.metrics_port) is None, timeout=5)
+        assert get_from("127.0.0.3", running.metrics_port)[0] == 200
     finally:
         for sock in idle:
             sock.close()
@@ -212,3 +228,244 @@ def get_or_none(port: int) -> int | None:
         return get(port, "/ready", timeout=2)[0]
     except (OSError, http.client.HTTPException):
         return None
+
+
+# --- the endpoint in-process: the protocol it speaks, its deadline and its slots ----------------------------
+
+
+class Endpoint:
+    """A MonitoringEndpoint on 127.0.0.1 whose readiness and exposition the test sets."""
+
+    def __init__(self) -> None:
+        self.not_ready: str | None = None
+        self.exposition: Callable[[], bytes] = lambda: b"# TYPE up gauge\nup 1\n"
+        self.endpoint = MonitoringEndpoint([("127.0.0.1", 0)], lambda: self.not_ready, self._render)
+
+    def _render(self) -> bytes:
+        return self.exposition()
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.bound[0][1]
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    served = Endpoint()
+    served.endpoint.start()
+    try:
+        yield served
+    finally:
+        served.endpoint.stop()
+
+
+def connect_from(source: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def exchange(port: int, request: bytes, source: str = "127.0.0.1") -> bytes:
+    """Send `request`, read until the server closes (the endpoint closes after every answer)."""
+    with connect_from(source, port) as sock:
+        sock.sendall(request)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    return answer
+
+
+def get_from(source: str, port: int, path: str = "/ready") -> tuple[int, bytes]:
+    answer = exchange(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), source)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def head_of(size: int) -> bytes:
+    """A GET /ready head of exactly `size` bytes."""
+    start, end = b"GET /ready HTTP/1.1\r\nHost: x\r\nX-Pad: ", b"\r\n\r\n"
+    return start + b"p" * (size - len(start) - len(end)) + end
+
+
+SMUGGLED = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+# request -> (status, the body or a part of the answer it must contain)
+ANSWERS: dict[str, tuple[bytes, int, bytes]] = {
+    "ready": (b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n", 200, b"\r\n\r\nready\n"),
+    "query_ignored": (b"GET /ready?verbose=1 HTTP/1.1\r\nHost: x\r\n\r\n", 200, b"ready\n"),
+    "http_1_0": (b"GET /ready HTTP/1.0\r\n\r\n", 200, b"ready\n"),
+    "bare_lf": (b"GET /ready HTTP/1.1\nHost: x\n\n", 200, b"ready\n"),
+    "metrics": (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 200, b"Content-Type: text/plain; version=0.0.4"),
+    "head": (b"HEAD /ready HTTP/1.1\r\nHost: x\r\n\r\n", 200, b"Content-Length: 6\r\nConnection: close\r\n\r\n"),
+    "unknown_path": (b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", 404, b"not found\n"),
+    "post": (b"POST /ready HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405, b"Allow: GET, HEAD"),
+    "no_host": (b"GET /ready HTTP/1.1\r\n\r\n", 400, b"bad request"),
+    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, b"bad request"),
+    "http_2": (b"GET /ready HTTP/2.0\r\nHost: x\r\n\r\n", 505, b""),
+    "empty_body": (b"GET /ready HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 200, b"ready\n"),
+    "body": (b"GET /ready HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(SMUGGLED), SMUGGLED),
+             400, b"bad request"),
+    "chunked": (b"GET /ready HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, b""),
+    "head_at_the_limit": (head_of(HEAD_LIMIT), 200, b"ready\n"),
+    "head_over_the_limit": (head_of(HEAD_LIMIT + 1), 431, b"request head too large"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(ANSWERS))
+def test_one_request_one_answer_then_close(endpoint: Endpoint, case: str) -> None:
+    request, status, expected = ANSWERS[case]
+    answer = exchange(endpoint.port, request)
+    assert re.findall(rb"HTTP/1\.[01] (\d{3}) ", answer) == [str(status).encode()], answer[:300]
+    assert b"\r\nConnection: close\r\n" in answer
+    assert expected in answer, answer[:300]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if not request.startswith(b"HEAD"):
+        assert f"Content-Length: {len(body)}\r\n".encode() in head + b"\r\n"
+
+
+def test_not_ready_is_503_with_the_reason(endpoint: Endpoint) -> None:
+    endpoint.not_ready = "draining"
+    assert get_from("127.0.0.1", endpoint.port) == (503, b"not ready: draining\n")
+
+
+def test_a_head_that_never_ends_is_dropped_at_the_deadline(endpoint: Endpoint) -> None:
+    """One header byte every 0.5 s: the deadline counts from accept, not from the last byte."""
+    with connect_from("127.0.0.1", endpoint.port) as sock:
+        sock.sendall(b"GET /ready HTTP/1.1\r\n")
+        started, answer = time.monotonic(), b""
+        with contextlib.suppress(OSError):
+            while time.monotonic() - started < DEADLINE + 3:
+                sock.sendall(b"X")
+                ready = select.select([sock], [], [], 0.5)[0]
+                if ready and not (data := sock.recv(4096)):
+                    break
+                answer += data if ready else b""
+    assert time.monotonic() - started < DEADLINE + 3, "still open long after the deadline"
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert endpoint.endpoint.statistics()["deadline"] == 1
+
+
+def test_a_source_over_its_cap_is_refused_and_others_are_not(endpoint: Endpoint) -> None:
+    idle = [connect_from("127.0.0.2", endpoint.port) for _ in range(PER_SOURCE)]
+    try:
+        with connect_from("127.0.0.2", endpoint.port) as extra, pytest.raises(ConnectionResetError):
+            extra.recv(4096)  # reset at accept, before it sends anything
+        assert get_from("127.0.0.1", endpoint.port)[0] == 200
+    finally:
+        for sock in idle:
+            sock.close()
+    assert endpoint.endpoint.statistics()["refused_source_cap"] == 1
+
+
+def test_a_full_pool_makes_room_by_evicting_its_oldest_silent_connection(endpoint: Endpoint) -> None:
+    sources = [f"127.0.0.{10 + i}" for i in range(LOOPBACK_SLOTS // PER_SOURCE)]
+    idle = [connect_from(source, endpoint.port) for source in sources for _ in range(PER_SOURCE)]
+    try:
+        wait_for(lambda: endpoint.endpoint.statistics().get("accepted") == LOOPBACK_SLOTS, timeout=5)
+        assert get_from("127.0.0.1", endpoint.port)[0] == 200
+        idle[0].settimeout(5)
+        with pytest.raises(ConnectionResetError):  # the oldest made room
+            idle[0].recv(1)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert endpoint.endpoint.statistics()["evicted"] == 1
+
+
+def test_a_failing_or_stuck_exposition_does_not_hold_up_ready(endpoint: Endpoint) -> None:
+    def broken() -> bytes:
+        raise RuntimeError("broken collector")
+
+    endpoint.exposition = broken
+    assert get_from("127.0.0.1", endpoint.port, "/metrics")[0] == 500
+    release = threading.Event()
+
+    def stuck() -> bytes:
+        release.wait(10)
+        return b"up 1\n"
+
+    endpoint.exposition = stuck
+    with connect_from("127.0.0.1", endpoint.port) as scrape:
+        scrape.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            assert get_from("127.0.0.1", endpoint.port) == (200, b"ready\n")
+        finally:
+            release.set()
+        assert scrape.recv(4096).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_scrapes_waiting_together_share_one_rendering(endpoint: Endpoint) -> None:
+    release, renderings = threading.Event(), []
+
+    def slow() -> bytes:
+        renderings.append(1)
+        release.wait(10)
+        return b"up 1\n"
+
+    endpoint.exposition = slow
+    scrapes = [connect_from("127.0.0.1", endpoint.port) for _ in range(4)]
+    try:
+        scrapes[0].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: len(renderings) == 1, timeout=5)
+        for scrape in scrapes[1:]:  # these arrive during the first rendering: they wait for one more
+            scrape.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        release.set()
+        answers = [scrape.recv(4096) for scrape in scrapes]
+    finally:
+        for scrape in scrapes:
+            scrape.close()
+    assert all(answer.startswith(b"HTTP/1.1 200 OK") for answer in answers), answers
+    assert len(renderings) == 2
+
+
+def test_turned_away_connections_are_logged_in_one_line_at_most_a_minute(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="apiproxy.monitoring.http"):
+        for _ in range(3):
+            exchange(endpoint.port, b"BREW /coffee HTCPCP/1.0\r\n\r\n")
+        wait_for(lambda: endpoint.endpoint.statistics().get("bad_request") == 3, timeout=5)
+        exchange(endpoint.port, b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    lines = [r.getMessage() for r in caplog.records if r.name == "apiproxy.monitoring.http"]
+    assert len(lines) == 1, lines
+    assert "turned connections away: 1 refused (malformed" in lines[0]
+
+
+def test_ready_via_urllib_after_a_refused_request(endpoint: Endpoint) -> None:
+    exchange(endpoint.port, b"GET /ready HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+    with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/ready", timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Connection"] == "close"
+
+
+def test_a_bug_on_one_connection_closes_it_and_the_endpoint_goes_on(endpoint: Endpoint) -> None:
+    endpoint.exposition = lambda: "not bytes"  # type: ignore[assignment,return-value]
+    with pytest.raises(ConnectionResetError):
+        exchange(endpoint.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert get_from("127.0.0.1", endpoint.port) == (200, b"ready\n")
+    assert endpoint.endpoint.statistics()["failed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.255.255.254", True), ("::1", True), ("::ffff:127.0.0.2", True),
+     ("10.0.0.1", False), ("128.0.0.1", False), ("::ffff:10.0.0.1", False), ("fe80::1%eth0", False),
+     ("1270::1", False), ("::2", False)],
+)  # fmt: skip
+def test_loopback_sources(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_the_end_of_a_head_is_found_whatever_the_pieces() -> None:
+    head = b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n"
+    for step in (1, 2, 3, 7):
+        buffer, end = bytearray(), -1
+        for start in range(0, len(head) + 5, step):
+            scanned = len(buffer)
+            buffer += (head + b"BODY")[start : start + step]
+            if (end := head_end(buffer, scanned)) >= 0:
+                break
+        assert end == len(head), step
