@@ -1,11 +1,11 @@
 """Loading the YAML/JSON documents apiproxy is given (Envoy's bootstrap, a kubeconfig) within bounds.
 
-Both are a few KiB, read once at start, and may hold secrets (a kubeconfig's bearer tokens and client keys).
-So a file larger than `MAX_BYTES`, nested deeper than `MAX_DEPTH` or whose YAML aliases expand it beyond
-`MAX_VALUES` is refused before anything walks it, and every failure is a `DocumentError`: one line saying
-what and where (line, column) that never quotes the document — PyYAML's own messages quote the offending
-line, so only their fixed problem text and position are kept. `show` renders a value for an error message
-in at most `SHOWN` characters, without first rendering it whole.
+Both are a few KiB, read once at start, and may hold secrets (a kubeconfig's bearer tokens and client
+keys). So a file larger than `MAX_BYTES`, nested deeper than `MAX_DEPTH` or holding more than `MAX_VALUES`
+values (YAML aliases expanded) is refused before anything walks it, and every failure is a
+`DocumentError`: one line saying what and where (line, column) that never quotes the document. PyYAML's
+own messages quote the offending line, so only their fixed problem text and position are kept. `show`
+renders a value for an error message in at most `SHOWN` characters, without first rendering it whole.
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ import yaml
 MAX_BYTES = 8 * 1024 * 1024
 # Envoy's bootstrap nests about 15 levels deep, a kubeconfig about 6; protobuf's JSON parser stops at 100.
 MAX_DEPTH = 100
-# A YAML alias is a reference: a 10 KB "billion laughs" loads in microseconds, and whatever walks or
-# prints it afterwards visits 10^9 values. Aliases may expand a document to this many values.
-MAX_VALUES = 1_000_000
+# Values (scalars, keys, lists, objects), YAML aliases expanded. Gardener's bootstrap has ~300, a kubeconfig
+# ~30 a context with its cluster and user (so ~3,000 contexts fit). PyYAML builds ~50,000 values a second
+# on a busy node, so this also bounds the time a dense file within MAX_BYTES takes (4 million values in 8
+# MiB). An alias is a reference: a 10 KB "billion laughs" loads at once, and whatever walks or prints the
+# value afterwards visits 10^9 of them.
+MAX_VALUES = 100_000
 # The longest rendering of a value in an error message.
 SHOWN = 60
 
-# libyaml's parser when PyYAML was built with it: the same results, ~10x faster on a large file.
+# libyaml's parser when PyYAML was built with it: the same results, ~6x faster.
 _LOADER = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
 # A JSON string (to skip its brackets) or a bracket, for finding where JSON nests too deeply.
 _JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
@@ -92,21 +95,36 @@ def _load_json(text: str) -> object | None:
         # Perhaps a YAML flow mapping (or an integer of more than 4,300 digits): YAML says what is wrong.
         return None
     except RecursionError:
-        document = None  # the scan below says where
-    if document is not None and text.count("[") + text.count("{") <= MAX_DEPTH:
-        return document  # too few brackets to nest too deeply
+        raise _too_deep(*_json_too_deep(text)) from None
+    # JSON has no aliases: each value is its own, and a walk that stops at the bounds costs no more.
+    values = 1
+    collections: list[tuple[dict[str, object] | list[object], int]] = []
+    if isinstance(document, dict | list):
+        collections.append((document, 1))
+    while collections:
+        collection, depth = collections.pop()
+        if depth > MAX_DEPTH:
+            raise _too_deep(*_json_too_deep(text))
+        children = list(collection.values()) if isinstance(collection, dict) else collection
+        values += len(children) * (2 if isinstance(collection, dict) else 1)  # an object's keys count too
+        if values > MAX_VALUES:
+            raise _too_many()
+        collections.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return document
+
+
+def _json_too_deep(text: str) -> tuple[int | None, int | None]:
+    """Where JSON text first nests deeper than MAX_DEPTH."""
     depth = 0
     for token in _JSON_TOKEN.finditer(text):
         bracket = token.group()
         if bracket in "[{":
             depth += 1
             if depth > MAX_DEPTH:
-                raise _too_deep(*_position(text, token.start()))
+                return _position(text, token.start())
         elif bracket in "]}":
             depth -= 1
-    if document is None:
-        raise _too_deep()
-    return document
+    return None, None
 
 
 def _load_yaml(text: str) -> object:
@@ -158,9 +176,9 @@ def _check_events(text: str) -> None:
                 raise DocumentError("a YAML alias inside its own anchor (a cycle)", *_where(event))
             values += sizes.get(event.anchor, 1)  # an undefined one: the composer says so
             if values > MAX_VALUES:
-                raise DocumentError(
-                    f"YAML aliases expand it to more than {MAX_VALUES:,} values", *_where(event)
-                )
+                raise _too_many("YAML aliases expand it to ", *_where(event))
+        if values > MAX_VALUES:
+            raise _too_many("", *_where(event))
 
 
 def _where(event: yaml.Event) -> tuple[int | None, int | None]:
@@ -170,6 +188,10 @@ def _where(event: yaml.Event) -> tuple[int | None, int | None]:
 
 def _invalid(problem: str, line: int | None = None, column: int | None = None) -> DocumentError:
     return DocumentError(f"not valid YAML or JSON: {clip(problem)}", line, column)
+
+
+def _too_many(how: str = "", line: int | None = None, column: int | None = None) -> DocumentError:
+    return DocumentError(f"{how}more than {MAX_VALUES:,} values", line, column)
 
 
 def _too_deep(line: int | None = None, column: int | None = None) -> DocumentError:

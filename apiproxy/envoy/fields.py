@@ -99,12 +99,13 @@ HEADER_FIELDS = {"key": USE, "value": USE, "raw_value": NOT_SUPPORTED}
 ACCESS_LOG_FIELDS = {"name": USE, "filter": "not supported (every tunnel is logged)", "typed_config": USE}
 STDOUT_ACCESS_LOG_FIELDS = {"@type": USE, "log_format": USE}
 FILE_ACCESS_LOG_FIELDS = {
-    "@type": USE, "path": USE, "log_format": USE, "format": USE, "json_format": "not supported (text formats only)",
-    "typed_json_format": "not supported (text formats only)",
+    "@type": USE, "path": USE, "log_format": USE, "format": USE,
+    "json_format": "not supported (text formats only)", "typed_json_format": "not supported (text formats only)",
 }  # fmt: skip
 TEXT_FORMAT_SOURCE_FIELDS = {
     "inline_string": USE, "filename": "not supported (inline_string only)",
-    "inline_bytes": "not supported (inline_string only)", "environment_variable": "not supported (inline_string only)",
+    "inline_bytes": "not supported (inline_string only)",
+    "environment_variable": "not supported (inline_string only)",
 }  # fmt: skip
 LOG_FORMAT_FIELDS = {
     "text_format": USE, "text_format_source": USE, "json_format": "not supported (text formats only)",

@@ -204,13 +204,13 @@ def test_a_billion_laughs_where_a_port_is_expected_is_refused_at_once() -> None:
     """Before: repr() of the value for the message, > 20 s and 1.4 GiB until killed."""
     text = _anchors(9) + EXAMPLE.read_text().replace("port_value: 443", "port_value: *lol9", 1)
     with pytest.raises(
-        BootstrapError, match=r"^YAML aliases expand it to more than 1,000,000 values \(line 9,"
+        BootstrapError, match=r"^YAML aliases expand it to more than 100,000 values \(line 8,"
     ):
         read_bootstrap(text)
 
 
 def test_an_aliased_value_within_the_bound_is_shown_bounded() -> None:
-    text = _anchors(5) + EXAMPLE.read_text().replace("port_value: 443", "port_value: *lol5", 1)
+    text = _anchors(4) + EXAMPLE.read_text().replace("port_value: 443", "port_value: *lol4", 1)
     with pytest.raises(BootstrapError) as caught:
         read_bootstrap(text)
     head = f"{L0}.address.socket_address.port_value: expected an integer between 0 and 65535, got "

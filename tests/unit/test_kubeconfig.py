@@ -214,7 +214,7 @@ def test_a_syntax_error_on_a_token_line_names_the_place_not_the_token() -> None:
 def test_a_billion_laughs_is_refused_before_anything_walks_it() -> None:
     text = laughs() + GARDENER_STYLE.replace("kind: Config", "kind: Config\nextensions: *lol9")
     with pytest.raises(
-        KubeconfigError, match=r"^in\.yaml: YAML aliases expand it to more than 1,000,000 values \(line 7,"
+        KubeconfigError, match=r"^in\.yaml: YAML aliases expand it to more than 100,000 values \(line 6,"
     ):
         parse_kubeconfig(text, "in.yaml")
     # A few aliases are YAML as usual.
@@ -257,6 +257,14 @@ def test_a_file_larger_than_the_bound_is_not_read_whole(tmp_path: Path) -> None:
     assert big.stat().st_size > 30 * 1024 * 1024
     with pytest.raises(KubeconfigError, match=r"^cannot read .*big\.yaml: larger than 8 MiB$"):
         read_kubeconfig(big)
+
+
+def test_a_dense_document_within_the_size_bound_is_refused_by_its_count() -> None:
+    """A million list items in 4 MB: PyYAML would take ~20 s to build them; counting stops at 100,000."""
+    with pytest.raises(KubeconfigError, match=r"^src: more than 100,000 values \(line 99999, column 3\)$"):
+        parse_kubeconfig("preferences:\n" + "- 1\n" * 1_000_000, "src")
+    with pytest.raises(KubeconfigError, match=r"^src: more than 100,000 values$"):
+        parse_kubeconfig(json.dumps({"preferences": [1] * 1_000_000}), "src")
 
 
 def test_a_file_that_is_not_utf8_says_where(tmp_path: Path) -> None:
