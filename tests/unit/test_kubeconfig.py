@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from apiproxy import documents
 from apiproxy.kubeconfig import (
     KubeconfigError,
     dump_kubeconfig,
@@ -295,3 +297,22 @@ def test_json_is_read_as_json() -> None:
     # json.dumps escapes non-ASCII as \\uXXXX, a character outside the BMP as a surrogate pair: read back whole.
     document = {"current-context": "café ☕ 🚀", "clusters": [], "number": 1e3}
     assert parse_kubeconfig(json.dumps(document)) == document
+
+
+def test_the_same_bounds_without_libyaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyYAML built without libyaml (an sdist install): the pure-Python parser is used, bounds unchanged."""
+    monkeypatch.setattr(documents, "_LOADER", yaml.SafeLoader)
+    with pytest.raises(KubeconfigError, match=r"^src: nested deeper than 100 levels \(line 1, column 110\)$"):
+        parse_kubeconfig("clusters: " + "[" * 100_000 + "]" * 100_000, "src")
+    with pytest.raises(KubeconfigError, match=r"^src: YAML aliases expand it to more than 100,000 values"):
+        parse_kubeconfig(laughs(), "src")
+    # The pure-Python reader counts characters where libyaml counts bytes: the same column either way.
+    with pytest.raises(
+        KubeconfigError, match=r"^src: not valid YAML or JSON: character U\+0000: .* \(line 2, column 7\)$"
+    ):
+        parse_kubeconfig("a: b\nnamé: \x00\n", "src")
+    monkeypatch.undo()
+    with pytest.raises(
+        KubeconfigError, match=r"^src: not valid YAML or JSON: character U\+0000: .* \(line 2, column 7\)$"
+    ):
+        parse_kubeconfig("a: b\nnamé: \x00\n", "src")
