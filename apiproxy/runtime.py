@@ -51,6 +51,28 @@ def raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
+# Descriptors kept free for what is not a tunnel: monitoring connections, DNS lookups, splice pumps.
+RESERVED_DESCRIPTORS = 16
+
+
+def fit_tunnels_to_descriptors(server: ProxyServer, limit: int) -> None:
+    """Admit no more tunnels than there are descriptors for (two each): a client admitted beyond that
+    holds a descriptor while its gateway connection fails, and starves tunnels that could have worked."""
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return  # not Linux: the configured limit stands
+    fit = max(1, (limit - in_use - RESERVED_DESCRIPTORS) // 2)
+    context = server.context
+    if fit < context.max_connections:
+        log.warning(
+            "the file descriptor limit (%d, %d in use) leaves room for %d tunnels: at most %d at once instead "
+            "of %d (--max-connections)",
+            limit, in_use, fit, fit, context.max_connections,
+        )  # fmt: skip
+        context.max_connections = fit
+
+
 class Shutdown:
     """Turns the first SIGTERM/SIGINT into a graceful stop and a second into an immediate exit(1)."""
 
@@ -93,6 +115,7 @@ async def serve(
         for service in services:
             await service.start()
             started.append(service)
+        fit_tunnels_to_descriptors(server, soft)
         await server.start()
         shutdown.on_request.append(server.stop_accepting)
         if on_serving is not None:
