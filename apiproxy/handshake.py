@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import h11
 
+from .reasons import Reason
+
 # Envoy's default limit on a response head is 60 KiB; a CONNECT answer has no business being large.
 DEFAULT_MAX_HEAD_SIZE = 16 * 1024
 _CACHE_MAX_ENTRIES = 256
@@ -36,9 +38,9 @@ class ConnectAnswer:
 
 
 class HandshakeError(Exception):
-    """The gateway broke the protocol. `reason` is a short metric label, `str()` says what happened."""
+    """The gateway broke the protocol. `reason` names the failure, `str()` says what happened."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
 
@@ -93,7 +95,7 @@ class ConnectHandshake:
         if len(buffer) > self._max_head_size + 65536:
             # h11 enforces the head limit; this only bounds what we keep for the cache key.
             raise HandshakeError(
-                "answer_too_large", f"gateway answer head exceeds {self._max_head_size} bytes"
+                Reason.ANSWER_TOO_LARGE, f"gateway answer head exceeds {self._max_head_size} bytes"
             )
         self._buffer = buffer
         return self._parse(data)
@@ -101,7 +103,7 @@ class ConnectHandshake:
     def feed_eof(self) -> None:
         """The gateway closed before a complete answer: always an error."""
         raise HandshakeError(
-            "closed_before_answer",
+            Reason.CLOSED_BEFORE_ANSWER,
             f"gateway closed the connection after {len(self._buffer)} bytes, before a complete CONNECT answer",
         )
 
@@ -115,7 +117,8 @@ class ConnectHandshake:
                 if event is h11.NEED_DATA:
                     if len(self._buffer) > self._max_head_size:
                         raise HandshakeError(
-                            "answer_too_large", f"gateway answer head exceeds {self._max_head_size} bytes"
+                            Reason.ANSWER_TOO_LARGE,
+                            f"gateway answer head exceeds {self._max_head_size} bytes",
                         )
                     return None
                 if isinstance(event, h11.InformationalResponse):
@@ -123,10 +126,10 @@ class ConnectHandshake:
                     continue
                 if isinstance(event, h11.Response):
                     return self._answer(client, event)
-                raise HandshakeError("malformed_answer", f"unexpected answer from gateway: {event!r}")
+                raise HandshakeError(Reason.MALFORMED_ANSWER, f"unexpected answer from gateway: {event!r}")
         except h11.RemoteProtocolError as error:
             # h11 reports an oversized head with the status hint 431.
-            reason = "answer_too_large" if error.error_status_hint == 431 else "malformed_answer"
+            reason = Reason.ANSWER_TOO_LARGE if error.error_status_hint == 431 else Reason.MALFORMED_ANSWER
             raise HandshakeError(reason, f"gateway sent an invalid CONNECT answer: {error}") from None
 
     def _answer(self, client: h11.Connection, response: h11.Response) -> ConnectAnswer:

@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass
 
 from .handshake import ConnectAnswer, ConnectHandshake, HandshakeError
+from .reasons import PROBE_HINTS
 from .upstream import Dialer, UpstreamError, format_address
 
-# Failure kinds (ProbeFailed.kind).
-DNS = "dns"
-REFUSED = "refused"
+# Failure kinds (ProbeFailed.kind); those of the dialer's reasons are in reasons.PROBE_HINTS.
 UNREACHABLE = "unreachable"
 NOT_ALLOWED = "destination_not_allowed"
 NO_SUCH_SHOOT = "no_such_shoot"
@@ -42,17 +41,8 @@ class ProbeResult:
 
 def explain_upstream_error(error: UpstreamError) -> ProbeFailed:
     """No TCP connection to the gateway (the dialer's reasons)."""
-    if error.reason == "dns_failure":
-        return ProbeFailed(DNS, f"{error}; check the host name in --upstream")
-    if error.reason == "connect_refused":
-        return ProbeFailed(
-            REFUSED,
-            f"{error}: nothing listens there; check the port in --upstream "
-            "(the seed gateway takes CONNECT on port 8443)",
-        )
-    if error.reason == "connect_timeout":
-        return ProbeFailed(UNREACHABLE, f"{error}; is the gateway reachable from here (VPN, firewall)?")
-    return ProbeFailed(UNREACHABLE, str(error))
+    kind, hint = PROBE_HINTS.get(error.reason, (UNREACHABLE, ""))
+    return ProbeFailed(kind, f"{error}{hint}")
 
 
 def explain_answer(answer: ConnectAnswer, destination: str) -> ProbeFailed | None:
@@ -126,9 +116,12 @@ async def probe_gateway(
     started = time.monotonic()
     answer_future: asyncio.Future[ConnectAnswer] = loop.create_future()
     try:
-        transport, address = await dialer.connect(lambda: _AnswerReader(answer_future))
+        connection, address = await dialer.connect()
     except UpstreamError as error:
         raise explain_upstream_error(error) from None
+    reader = _AnswerReader(answer_future)
+    transport = connection.hand_over(reader)
+    connection.replay(reader)
     try:
         transport.write(connect_request)
         try:

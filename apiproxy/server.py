@@ -12,97 +12,14 @@ import logging
 import socket
 from typing import Any
 
-from . import splice
-from .addresses import peer as format_peer
-from .config import ConfigError, ListenerConfig, TunnelConfig, UpstreamProtocol
-from .handshake import build_connect_request
-from .tunnel import DRAIN_TIMEOUT, Tunnel, TunnelObserver
-from .upstream import Dialer, Resolver, format_address
+from .config import ConfigError, ListenerConfig, TunnelConfig
+from .reasons import Reason
+from .tunnel import Tunnel, TunnelContext, TunnelObserver
 
 log = logging.getLogger(__name__)
 
 # Linux's IP_FREEBIND; Python 3.11's socket module lacks the constant.
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
-OVERFLOW = "overflow"
-# A splice pump that moved nothing between two checks this far apart is closed: a direction keeps its
-# pipe for 1-2 s after a burst, so a burst that resumes soon does not pay for a new one.
-PUMP_CHECK_INTERVAL = 1.0
-DRAINING = "draining"
-
-
-class NullObserver:
-    """Observes nothing; the default until metrics and logs are plugged in."""
-
-    def tunnel_opened(self, tunnel: Tunnel) -> None:
-        pass
-
-    def tunnel_established(self, tunnel: Tunnel) -> None:
-        pass
-
-    def tunnel_closed(self, tunnel: Tunnel) -> None:
-        pass
-
-    def connection_rejected(self, reason: str, peer: tuple[str, int] | None) -> None:
-        pass
-
-
-class TunnelContext:
-    """What every tunnel of one listener shares."""
-
-    def __init__(self, config: TunnelConfig, max_connections: int, observer: TunnelObserver) -> None:
-        self.config = config
-        self.max_connections = max_connections
-        self.observer = observer
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set when the server starts
-        self.resolver = Resolver(config.upstream, config.dns_family, config.dns_refresh)
-        self.dialer = Dialer(config, self.resolver)
-        self.proxy_protocol = config.upstream_protocol is UpstreamProtocol.PROXY_PROTOCOL_V2
-        self.connect_request = (
-            b""
-            if self.proxy_protocol
-            else build_connect_request(config.connect_authority, config.connect_headers)
-        )
-        self.tunnels: set[Tunnel] = set()
-        self.draining = False
-        self.splice = config.splice and splice.AVAILABLE
-        # After a pump could not get its descriptors, tunnels stay on the Protocol relay until then.
-        self.splice_retry_at = 0.0
-        # Tunnels with a splice pump, checked every PUMP_CHECK_INTERVAL s for directions gone quiet.
-        self.pumping: set[Tunnel] = set()
-        self._pump_check: asyncio.TimerHandle | None = None
-
-    def admission(self) -> str | None:
-        """None to admit a new connection, else the reason it is refused."""
-        if self.draining:
-            return DRAINING
-        if len(self.tunnels) >= self.max_connections:
-            return OVERFLOW
-        return None
-
-    def pump_started(self, tunnel: Tunnel, direction: str) -> None:
-        self.log_pump(tunnel, direction, "on a splice pump")
-        self.pumping.add(tunnel)
-        if self._pump_check is None:
-            self._pump_check = self.loop.call_later(PUMP_CHECK_INTERVAL, self._check_pumps)
-
-    def _check_pumps(self) -> None:
-        self._pump_check = None
-        for tunnel in list(self.pumping):
-            if not tunnel.release_quiet_pumps():
-                self.pumping.discard(tunnel)
-        if self.pumping:
-            self._pump_check = self.loop.call_later(PUMP_CHECK_INTERVAL, self._check_pumps)
-
-    def splice_unavailable(self, error: OSError) -> None:
-        self.splice_retry_at = self.loop.time() + 1.0
-        log.warning("no splice pump for a bulk tunnel (%s); relaying through the event loop for now", error)
-
-    def log_pump(self, tunnel: Tunnel, direction: str, what: str) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("tunnel from %s: %s %s", format_peer(tunnel.peer), direction, what)
-
-    def log_failure(self, tunnel: Tunnel, detail: str) -> None:
-        log.warning("tunnel from %s failed (%s): %s", format_peer(tunnel.peer), tunnel.reason, detail)
 
 
 class ProxyServer:
@@ -115,7 +32,8 @@ class ProxyServer:
         self.listener_config = listener
         self.tunnel_config = tunnel
         # Exists before start(), so services started earlier (monitoring) can hook into it.
-        self.context = TunnelContext(tunnel, listener.max_connections, observer or NullObserver())
+        per_source = listener.max_connections_per_source or max(1, listener.max_connections // 2)
+        self.context = TunnelContext(tunnel, listener.max_connections, observer, per_source)
         self._server: asyncio.Server | None = None
         self._socket: socket.socket | None = None
         self.address: tuple[Any, ...] | None = None
@@ -139,7 +57,7 @@ class ProxyServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         context = self.context
-        context.loop = loop
+        context.start(loop)
         sock = self._socket or await self._listening_socket()
         self._socket = None
         self._server = await loop.create_server(
@@ -204,7 +122,7 @@ class ProxyServer:
             await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
         remaining = list(context.tunnels)
         for tunnel in remaining:
-            tunnel.abort(DRAIN_TIMEOUT)
+            tunnel.end(Reason.DRAIN_TIMEOUT)
         if remaining:
             log.warning("closed %d tunnels still open at the end of the drain", len(remaining))
             # Let the transports report their loss so every tunnel is accounted for.
@@ -215,11 +133,3 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
         return len(remaining)
-
-    def statistics(self) -> dict[str, Any]:
-        context = self.context
-        return {
-            "open_tunnels": len(context.tunnels),
-            "draining": context.draining,
-            "gateway_addresses": [format_address(a) for a in context.resolver.cached],
-        }

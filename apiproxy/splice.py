@@ -26,8 +26,14 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 from collections.abc import Callable
+from typing import Protocol
+
+from .addresses import peer as format_peer
+
+log = logging.getLogger(__name__)
 
 # A read at least this large means the sender is streaming faster than one read: worth a pipe.
 SPLICE_THRESHOLD = 64 * 1024
@@ -202,3 +208,101 @@ class SplicePump:
 
 
 _EMPTY, _FULL, _FAILED = object(), object(), object()
+
+# A pump that moved nothing between two checks this far apart is closed: a direction keeps its pipe for
+# 1-2 s after a burst, so a burst that resumes soon does not pay for a new one.
+CHECK_INTERVAL = 1.0
+# After a pump could not have its descriptors (EMFILE, pipe quota), tunnels stay on the Protocol relay
+# this long before trying again.
+RETRY_AFTER = 1.0
+
+
+class PumpHost(Protocol):
+    """What a tunnel offers the pumps of its two directions (`up`: client -> gateway)."""
+
+    up_pump: SplicePump | None
+    down_pump: SplicePump | None
+    peer: tuple[str, int] | None
+
+    def pump_moved(self, up: bool, count: int) -> None: ...
+    def pump_eof(self, up: bool) -> None: ...
+    def pump_failed(self, up: bool, source: bool) -> None: ...
+    def pump_released(self, up: bool) -> None: ...
+
+
+def _log(host: PumpHost, up: bool, what: str) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        direction = "client -> gateway" if up else "gateway -> client"
+        log.debug("tunnel from %s: %s %s", format_peer(host.peer), direction, what)
+
+
+class Splicer:
+    """Moves tunnel directions onto pumps and back, for all tunnels of a listener: the hand-off happens
+    only at a clean point (nothing buffered for the destination, neither connection closing), quiet pumps
+    are handed back every CHECK_INTERVAL, and a failure to get descriptors backs off for RETRY_AFTER."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.retry_at = 0.0
+        self.pumping: set[PumpHost] = set()
+        self._check: asyncio.TimerHandle | None = None
+
+    def start(self, host: PumpHost, up: bool, src: asyncio.Transport, dst: asyncio.Transport) -> None:
+        """Carry `src` -> `dst` (one direction of `host`) with a pump from now on, if it can be done now."""
+        # The Protocol relay has nothing buffered for `dst`, so no byte can pass another.
+        if dst.get_write_buffer_size() or dst.is_closing() or src.is_closing():
+            return
+        loop = self.loop
+        if loop.time() < self.retry_at:
+            return
+        try:
+            pump = SplicePump.open(
+                loop, src, dst,
+                lambda count: host.pump_moved(up, count),
+                lambda: host.pump_eof(up),
+                lambda error: host.pump_failed(up, True),
+                lambda error: host.pump_failed(up, False),
+            )  # fmt: skip
+        except OSError as error:  # out of descriptors or pipe quota: the Protocol relay goes on
+            self.retry_at = loop.time() + RETRY_AFTER
+            log.warning(
+                "no splice pump for a bulk tunnel (%s); relaying through the event loop for now", error
+            )
+            return
+        src.pause_reading()  # the pump reads it from now on
+        pump.start()
+        _log(host, up, "on a splice pump")
+        if up:
+            host.up_pump = pump
+        else:
+            host.down_pump = pump
+        self.pumping.add(host)
+        if self._check is None:
+            self._check = loop.call_later(CHECK_INTERVAL, self._release_quiet)
+
+    def _release_quiet(self) -> None:
+        self._check = None
+        for host in list(self.pumping):
+            for up in (True, False):
+                pump = host.up_pump if up else host.down_pump
+                if pump is not None and pump.quiet():
+                    pump.close()
+                    if up:
+                        host.up_pump = None
+                    else:
+                        host.down_pump = None
+                    _log(host, up, "back on the event loop")
+                    host.pump_released(up)
+            if host.up_pump is None and host.down_pump is None:
+                self.pumping.discard(host)
+        if self.pumping:
+            self._check = self.loop.call_later(CHECK_INTERVAL, self._release_quiet)
+
+    def stop(self, host: PumpHost) -> None:
+        """Close both pumps of `host` (before its transports close: a pump's duplicate descriptors would
+        keep the sockets open)."""
+        for pump in (host.up_pump, host.down_pump):
+            if pump is not None:
+                pump.close()
+        host.up_pump = host.down_pump = None
+        self.pumping.discard(host)

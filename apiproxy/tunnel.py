@@ -3,35 +3,111 @@
 This is the hot path. A tunnel is two asyncio Protocols wired to each other: `Tunnel` on the client
 (downstream) connection and `UpstreamSide` on the gateway connection. Once the gateway has accepted the
 CONNECT, each side's `data_received` writes straight into the other side's transport, and each side's
-`pause_writing` stops reading on the other: memory per tunnel is bounded by the two write buffers
-(`buffer_size` each) plus one read. A direction that carries bulk data moves onto a splice pump
-(`splice.py`) for as long as it streams: the kernel moves its bytes, and the Protocol pair takes over again
-once it has gone quiet.
+`pause_writing` stops reading on the other (flow control end to end). A direction that carries bulk data
+moves onto a splice pump (`splice.py`) while it streams.
 
-Life of a tunnel:
-  accepted -> (client bytes held, reading paused) -> gateway connected -> CONNECT sent -> 2xx read
-  -> held bytes sent -> relay -> both directions ended (EOF) or an error/idle timeout -> closed.
-No client byte reaches the gateway before its 2xx answer (Envoy CVE-2025-64763: bytes sent early are
-a request-smuggling vector). Every tunnel ends with exactly one `reason`, set by the first cause.
+A tunnel's life is a line of phases:
+
+  WAITING    accepted; nothing is dialled until the client's first bytes (a TLS client sends its
+             ClientHello at once), so a silent connection costs no gateway or API-server connection
+  DIALING    first bytes held, client reading paused; connecting to the gateway (`upstream.Dialer`)
+  ANSWERING  the CONNECT request sent; reading the answer (`handshake.py`)
+  RELAYING   2xx read: held bytes sent, both directions relayed; half-close carried each way
+  ENDING     the first cause of the end has set `reason` and acted on both connections (ENDINGS below)
+  ENDED      both connections are gone: counted, logged, forgotten
+
+No client byte reaches the gateway before its 2xx answer (Envoy CVE-2025-64763: bytes sent early are a
+request-smuggling vector). Every way a tunnel ends goes through `_end(reason)`, and what it does to the
+two connections is the line of ENDINGS for that reason. Deadlines (first byte, CONNECT answer, lingering
+close) and the idle check are coarse sweeps of the context, not timers per tunnel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from enum import Enum, IntEnum
+from typing import Protocol, cast
 
-from .handshake import ConnectHandshake, HandshakeError
+from . import splice
+from .addresses import peer as format_peer
+from .config import TunnelConfig, UpstreamProtocol
+from .handshake import ConnectHandshake, HandshakeError, build_connect_request
 from .proxy_protocol import encode_v2
-from .splice import SPLICE_THRESHOLD, SplicePump
-from .upstream import Address, UpstreamError
+from .reasons import SETUP_FAILURES, Reason, Refusal
+from .splice import SPLICE_THRESHOLD, SplicePump, Splicer
+from .upstream import Address, Dialer, Resolver, UpstreamError
 
-if TYPE_CHECKING:
-    from .server import TunnelContext
+log = logging.getLogger(__name__)
+
+
+class Phase(IntEnum):
+    WAITING = 0
+    DIALING = 1
+    ANSWERING = 2
+    RELAYING = 3
+    ENDING = 4
+    ENDED = 5
+
+
+class How(Enum):
+    """What an ending does to one connection (nothing, if that connection is gone already)."""
+
+    CLOSE = "close"  # send what is buffered, then FIN
+    ABORT = "abort"  # drop what is buffered and close
+    RESET = "reset"  # close with RST: carries the other side's reset
+    LINGER = "linger"  # FIN now, read and discard what the client still sends, close on its FIN (bounded)
+
+
+# reason -> what happens to (the client connection, the gateway connection).
+ENDINGS: dict[Reason, tuple[How, How]] = {
+    Reason.COMPLETED: (How.CLOSE, How.CLOSE),
+    Reason.FIRST_BYTE_TIMEOUT: (How.CLOSE, How.ABORT),
+    Reason.DOWNSTREAM_CLOSED_EARLY: (How.CLOSE, How.ABORT),
+    Reason.DOWNSTREAM_RESET: (How.ABORT, How.RESET),
+    # A failed setup: the client learns of it by a plain close, and lingering keeps bytes it sent meanwhile
+    # from turning that close into a reset.
+    **dict.fromkeys(SETUP_FAILURES, (How.LINGER, How.ABORT)),
+    Reason.UPSTREAM_CLOSED: (How.CLOSE, How.CLOSE),
+    Reason.UPSTREAM_RESET: (How.RESET, How.ABORT),
+    Reason.IDLE_TIMEOUT: (How.ABORT, How.ABORT),
+    Reason.DRAIN_TIMEOUT: (How.ABORT, How.ABORT),
+    Reason.INTERNAL_ERROR: (How.ABORT, How.ABORT),
+}
+
+# A failed setup's lingering close: at most this long, and this many discarded bytes, then an abort.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024
+# Reason phrases of refusing gateways are logged up to this length.
+REASON_PHRASE_LIMIT = 128
+# How often the context checks deadlines (first byte, CONNECT answer, lingering close): they fire up to
+# this much late, never early.
+DEADLINE_TICK = 0.1
+# The idle check runs this many times per idle timeout; a tunnel is closed after that many quiet checks in
+# a row, so it lives between 1 and 1.25 idle timeouts without traffic.
+IDLE_TICKS = 4
+
+# SO_LINGER on with a zero timeout: close() then sends RST. asyncio's abort() alone only closes the
+# socket, which the kernel ends with a FIN when nothing is unread, turning a peer's reset into a clean end.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _act(transport: asyncio.Transport, how: How) -> None:
+    if how is How.CLOSE:
+        transport.close()
+    elif how is How.RESET:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already gone: abort() below is all there is to do
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
+    else:
+        transport.abort()
 
 
 class TunnelObserver(Protocol):
@@ -40,54 +116,135 @@ class TunnelObserver(Protocol):
     def tunnel_opened(self, tunnel: Tunnel) -> None: ...
     def tunnel_established(self, tunnel: Tunnel) -> None: ...
     def tunnel_closed(self, tunnel: Tunnel) -> None: ...
-    def connection_rejected(self, reason: str, peer: tuple[str, int] | None) -> None: ...
+    def connection_rejected(self, reason: Refusal, peer: tuple[str, int] | None) -> None: ...
 
 
-# Reasons a tunnel ended. "completed": both directions ended by EOF, or the client closed after the
-# relay began. Every other reason is a failure of some part, named for the part.
-COMPLETED = "completed"
-IDLE_TIMEOUT = "idle_timeout"
-DRAIN_TIMEOUT = "drain_timeout"
-DOWNSTREAM_CLOSED_EARLY = "downstream_closed_early"
-DOWNSTREAM_RESET = "downstream_reset"
-UPSTREAM_CLOSED = "upstream_closed"
-UPSTREAM_RESET = "upstream_reset"
-ANSWER_TIMEOUT = "answer_timeout"
-GATEWAY_REJECTED = "gateway_rejected"
+class NullObserver:
+    """Observes nothing; the default until metrics and logs are plugged in."""
 
-# The two directions of a tunnel, as logs name them.
-UP = "client -> gateway"
-DOWN = "gateway -> client"
+    def tunnel_opened(self, tunnel: Tunnel) -> None:
+        pass
 
-# SO_LINGER on with a zero timeout: close() then sends RST. asyncio's abort() alone only closes the
-# socket, which the kernel ends with a FIN when nothing is unread, turning a peer's reset into a clean end.
-_LINGER_RESET = struct.pack("ii", 1, 0)
+    def tunnel_established(self, tunnel: Tunnel) -> None:
+        pass
+
+    def tunnel_closed(self, tunnel: Tunnel) -> None:
+        pass
+
+    def connection_rejected(self, reason: Refusal, peer: tuple[str, int] | None) -> None:
+        pass
 
 
-def reset(transport: asyncio.Transport) -> None:
-    """Close a connection with RST, to carry a reset from the other side of the tunnel."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already gone: abort() below is all there is to do
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    transport.abort()
+class TunnelContext:
+    """What every tunnel of one listener shares: configuration, the CONNECT request bytes, the dialer, the
+    open tunnels and their admission, the observer, and the coarse sweeps for deadlines and idleness."""
 
+    def __init__(
+        self,
+        config: TunnelConfig,
+        max_connections: int,
+        observer: TunnelObserver | None = None,
+        max_per_source: int | None = None,
+        dialer: Dialer | None = None,
+    ) -> None:
+        self.config = config
+        self.max_connections = max_connections
+        self.max_per_source = max_per_source or max_connections
+        self.observer: TunnelObserver = observer or NullObserver()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self.resolver = Resolver(config.upstream, config.dns_family, config.dns_refresh)
+        self.dialer = dialer or Dialer(config, self.resolver)
+        self.proxy_protocol = config.upstream_protocol is UpstreamProtocol.PROXY_PROTOCOL_V2
+        self.connect_request = (
+            b""
+            if self.proxy_protocol
+            else build_connect_request(config.connect_authority, config.connect_headers)
+        )
+        self.splicer: Splicer | None = None
+        self.tunnels: set[Tunnel] = set()
+        self.per_source: dict[str, int] = {}
+        self.draining = False
+        self._deadlines: set[Tunnel] = set()
+        self._deadline_sweep: asyncio.TimerHandle | None = None
+        self._idle_sweep: asyncio.TimerHandle | None = None
 
-# The idle timer fires this many times per idle timeout; a tunnel is closed after that many quiet ticks
-# in a row, so it lives between 1 and 1.25 idle timeouts without traffic. One timer per tunnel, no
-# per-chunk clock reads.
-_IDLE_TICKS = 4
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        if self.config.splice and splice.AVAILABLE:
+            self.splicer = Splicer(loop)
+
+    # --- admission -----------------------------------------------------------------------------------
+
+    def admit(self, tunnel: Tunnel) -> Refusal | None:
+        """Count `tunnel` in, or say why it is refused."""
+        if self.draining:
+            return Refusal.DRAINING
+        if len(self.tunnels) >= self.max_connections:
+            return Refusal.OVERFLOW
+        source = tunnel.peer[0] if tunnel.peer is not None else ""
+        held = self.per_source.get(source, 0)
+        if held >= self.max_per_source:
+            return Refusal.SOURCE_LIMIT
+        self.per_source[source] = held + 1
+        self.tunnels.add(tunnel)
+        if self._idle_sweep is None:
+            self._idle_sweep = self.loop.call_later(self.config.idle_timeout / IDLE_TICKS, self._sweep_idle)
+        return None
+
+    def release(self, tunnel: Tunnel) -> None:
+        self.tunnels.discard(tunnel)
+        self._deadlines.discard(tunnel)
+        source = tunnel.peer[0] if tunnel.peer is not None else ""
+        held = self.per_source.get(source, 0) - 1
+        if held > 0:
+            self.per_source[source] = held
+        else:
+            self.per_source.pop(source, None)
+
+    # --- the coarse sweeps ---------------------------------------------------------------------------
+
+    def set_deadline(self, tunnel: Tunnel, seconds: float) -> None:
+        tunnel.deadline = self.loop.time() + seconds
+        self._deadlines.add(tunnel)
+        if self._deadline_sweep is None:
+            self._deadline_sweep = self.loop.call_later(DEADLINE_TICK, self._sweep_deadlines)
+
+    def clear_deadline(self, tunnel: Tunnel) -> None:
+        self._deadlines.discard(tunnel)
+
+    def _sweep_deadlines(self) -> None:
+        self._deadline_sweep = None
+        now = self.loop.time()
+        expired = [tunnel for tunnel in self._deadlines if tunnel.deadline <= now]
+        for tunnel in expired:
+            self._deadlines.discard(tunnel)
+            tunnel.deadline_passed()
+        if self._deadlines:
+            self._deadline_sweep = self.loop.call_later(DEADLINE_TICK, self._sweep_deadlines)
+
+    def _sweep_idle(self) -> None:
+        self._idle_sweep = None
+        idle = [tunnel for tunnel in self.tunnels if tunnel.quiet_since_last_check()]
+        for tunnel in idle:
+            tunnel.end(Reason.IDLE_TIMEOUT)
+        if self.tunnels:
+            self._idle_sweep = self.loop.call_later(self.config.idle_timeout / IDLE_TICKS, self._sweep_idle)
+
+    # --- logs ----------------------------------------------------------------------------------------
+
+    def log_failure(self, tunnel: Tunnel, detail: str) -> None:
+        log.warning("tunnel from %s failed (%s): %s", format_peer(tunnel.peer), tunnel.reason, detail)
 
 
 class UpstreamSide(asyncio.Protocol):
-    """The gateway connection of a tunnel."""
+    """The gateway connection of a tunnel, from the moment the dialer hands it over."""
 
     __slots__ = ("eof", "handshake", "head_bytes", "lost", "peer_write", "rx_bytes", "transport", "tunnel")
 
-    def __init__(self, tunnel: Tunnel) -> None:
+    def __init__(self, tunnel: Tunnel, handshake: ConnectHandshake | None) -> None:
         self.tunnel = tunnel
-        self.transport: asyncio.Transport | None = None
-        self.handshake: ConnectHandshake | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.handshake = handshake
         # Set when the relay starts: the client transport's write.
         self.peer_write: Callable[[bytes], None] | None = None
         self.rx_bytes = 0
@@ -100,8 +257,6 @@ class UpstreamSide(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
-        # Known to the tunnel from the first moment: a gateway may send bytes before the dial returns.
-        self.tunnel.upstream = self
         buffer_size = self.tunnel.context.config.buffer_size
         transport.set_write_buffer_limits(high=buffer_size, low=buffer_size // 4)
 
@@ -110,52 +265,50 @@ class UpstreamSide(asyncio.Protocol):
         if peer_write is not None:
             self.rx_bytes += len(data)
             peer_write(data)
-            if len(data) >= SPLICE_THRESHOLD and self.tunnel.context.splice:
-                self.tunnel.splice_down()
+            if len(data) >= SPLICE_THRESHOLD:
+                self.tunnel.splice(False)
         else:
             self.head_bytes += len(data)
             self.tunnel.answer_received(data)
 
     def eof_received(self) -> bool:
         self.eof = True
-        self.tunnel.upstream_eof()
+        self.tunnel.gateway_eof()
         return True  # keep our sending direction open: half-close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.tunnel.upstream_lost(exc)
+        self.tunnel.gateway_lost(exc)
 
-    # The client transport's buffer is ours to fill: when the gateway's transport is full, stop reading
-    # the client, and vice versa (Tunnel.pause_writing).
+    # The client transport's buffer is ours to fill: when it is full, stop reading the gateway, and vice
+    # versa (Tunnel.pause_writing).
     def pause_writing(self) -> None:
         self.tunnel.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        tunnel = self.tunnel
-        if not tunnel.client_eof and tunnel.up_pump is None:  # a pump reads the client itself
-            tunnel.transport.resume_reading()
+        self.tunnel.read_client()
 
 
 class Tunnel(asyncio.Protocol):
-    """The client connection of a tunnel, and the tunnel's record (times, bytes, reason)."""
+    """The client connection of a tunnel, and the tunnel's record (phase, times, bytes, reason)."""
 
     __slots__ = (
-        "answer_timer",
         "client_eof",
         "client_lost",
         "connected_at",
         "context",
+        "deadline",
         "down_pump",
         "ended_at",
         "established_at",
         "idle_mark",
-        "idle_quiet_ticks",
-        "idle_timer",
+        "idle_quiet",
+        "lingered",
         "peer",
         "peer_write",
         "pending",
+        "phase",
         "reason",
-        "relaying",
         "response_code",
         "rx_bytes",
         "setup",
@@ -170,24 +323,26 @@ class Tunnel(asyncio.Protocol):
     def __init__(self, context: TunnelContext) -> None:
         self.context = context
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.phase = Phase.WAITING
         self.upstream: UpstreamSide | None = None
         self.upstream_address: Address | None = None
         self.peer: tuple[str, int] | None = None
+        # Once relaying: the gateway transport's write.
         self.peer_write: Callable[[bytes], None] | None = None
+        # Client bytes read before the gateway's 2xx (one read: reading is paused after it).
         self.pending: list[bytes] | None = None
-        # Splice pumps of the two directions (client -> gateway, gateway -> client), once bulk data moves.
         self.up_pump: SplicePump | None = None
         self.down_pump: SplicePump | None = None
         self.setup: asyncio.Task[None] | None = None
-        self.answer_timer: asyncio.TimerHandle | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
-        self.idle_mark = 0
-        self.idle_quiet_ticks = 0
-        self.relaying = False
+        self.deadline = 0.0
+        # Bytes moved at the last idle check; -1 so that the first check never counts as quiet.
+        self.idle_mark = -1
+        self.idle_quiet = 0
+        self.lingered = 0
         self.client_eof = False
         self.client_lost = False
         self.rx_bytes = 0  # from the client (sent to the gateway)
-        self.reason: str | None = None
+        self.reason: Reason | None = None
         self.response_code = 0
         self.started_wall = 0.0
         self.started_at = 0.0
@@ -204,9 +359,9 @@ class Tunnel(asyncio.Protocol):
 
     @property
     def open(self) -> bool:
-        return self.ended_at == 0.0
+        return self.phase is not Phase.ENDED
 
-    # --- client side ----------------------------------------------------------------------------------
+    # --- the client connection ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -216,143 +371,160 @@ class Tunnel(asyncio.Protocol):
         self.started_wall = time.time()
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else None
-        refusal = context.admission()
+        refusal = context.admit(self)
         if refusal is not None:
-            self.reason = refusal
-            self.ended_at = self.started_at
+            self.phase = Phase.ENDED
             self.client_lost = True
+            self.ended_at = self.started_at
             transport.abort()
             context.observer.connection_rejected(refusal, self.peer)
             return
-        # Nothing is read until the gateway has accepted; see data_received for uvloop's first read.
-        transport.pause_reading()
         buffer_size = context.config.buffer_size
         transport.set_write_buffer_limits(high=buffer_size, low=buffer_size // 4)
-        context.tunnels.add(self)
         context.observer.tunnel_opened(self)
-        self.idle_timer = context.loop.call_later(context.config.idle_timeout / _IDLE_TICKS, self._idle_tick)
-        self.setup = context.loop.create_task(self._open_upstream())
-        self.setup.add_done_callback(self._setup_done)
+        if context.config.first_byte_timeout:
+            context.set_deadline(self, context.config.first_byte_timeout)
+        else:  # configured to dial at once, as Envoy does (for protocols where the server speaks first)
+            self._dial([])
 
     def data_received(self, data: bytes) -> None:
         peer_write = self.peer_write
         if peer_write is not None:
             self.rx_bytes += len(data)
             peer_write(data)
-            if len(data) >= SPLICE_THRESHOLD and self.context.splice:
-                self.splice_up()
+            if len(data) >= SPLICE_THRESHOLD:
+                self.splice(True)
             return
-        # Before the gateway's 2xx. uvloop reads a new connection once even when connection_made paused
-        # it, so early bytes do arrive: hold them (one read, bounded) for after the answer.
-        if self.pending is None:
-            self.pending = [data]
-        else:
+        phase = self.phase
+        if phase is Phase.WAITING:
+            # The first bytes: now the gateway is worth a connection.
+            self.context.clear_deadline(self)
+            self._dial([data])
+        elif phase < Phase.RELAYING:
+            # uvloop may deliver a read it had under way when reading was paused: hold it too.
+            assert self.pending is not None
             self.pending.append(data)
-        self.transport.pause_reading()
+            self.transport.pause_reading()
+        else:
+            self._discard(data)
 
     def eof_received(self) -> bool:
         self.client_eof = True
-        if self.relaying:
+        phase = self.phase
+        if phase is Phase.RELAYING:
             upstream = self.upstream
-            assert upstream is not None and upstream.transport is not None
+            assert upstream is not None
             if upstream.eof:
-                self._close(COMPLETED)
+                self._end(Reason.COMPLETED)
             elif upstream.transport.can_write_eof():
                 upstream.transport.write_eof()
-        # Before the answer the FIN is remembered and carried after the held bytes.
+        elif phase is Phase.WAITING:
+            self._end(Reason.DOWNSTREAM_CLOSED_EARLY)
+        elif phase is Phase.ENDING:
+            self.transport.close()  # a lingering close is over
+        # While dialling or waiting for the answer, the FIN is remembered and carried after the held bytes.
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client_lost = True
-        self._stop_pumps()
-        if self.reason is None:
-            if exc is not None:
-                self.reason = DOWNSTREAM_RESET
-            elif self.relaying:
-                self.reason = COMPLETED
-            else:
-                self.reason = DOWNSTREAM_CLOSED_EARLY
-        upstream = self.upstream
-        if upstream is not None and not upstream.lost and upstream.transport is not None:
-            if exc is not None:
-                reset(upstream.transport)  # carry the reset
-            else:
-                upstream.transport.close()  # flush what the client sent, then FIN
-        elif self.setup is not None and not self.setup.done():
-            self.setup.cancel()
+        if exc is not None:
+            self._end(Reason.DOWNSTREAM_RESET)
+        elif self.phase is Phase.RELAYING:
+            self._end(Reason.COMPLETED)
+        else:
+            self._end(Reason.DOWNSTREAM_CLOSED_EARLY)
         self._maybe_finish()
 
     def pause_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
+        if self.upstream is not None:
             self.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
         upstream = self.upstream
-        if (
-            upstream is not None
-            and upstream.transport is not None
-            and not upstream.eof
-            and self.down_pump is None
-        ):
+        if upstream is not None and not upstream.eof and self.down_pump is None and self.phase < Phase.ENDING:
             upstream.transport.resume_reading()
 
-    # --- gateway side ---------------------------------------------------------------------------------
+    def read_client(self) -> None:
+        """Read the client again (the gateway's buffer has room), unless a pump reads it or it is done."""
+        if not self.client_eof and self.up_pump is None and self.phase is Phase.RELAYING:
+            self.transport.resume_reading()
 
-    async def _open_upstream(self) -> None:
+    # --- reaching the gateway -------------------------------------------------------------------------
+
+    def _dial(self, pending: list[bytes]) -> None:
+        self.pending = pending
+        self.transport.pause_reading()
+        self.phase = Phase.DIALING
+        self.setup = setup = self.context.loop.create_task(self._open_gateway())
+        setup.add_done_callback(self._setup_done)
+
+    async def _open_gateway(self) -> None:
         context = self.context
-        upstream = UpstreamSide(self)
-        if not context.proxy_protocol:
-            upstream.handshake = ConnectHandshake()
         try:
-            transport, address = await context.dialer.connect(lambda: upstream)
+            connection, address = await context.dialer.connect()
         except UpstreamError as error:
-            self._fail(error.reason, str(error))
+            self._end(error.reason, str(error))
             return
-        except asyncio.CancelledError:
-            return  # the client left while we dialled; connection_lost has recorded it
         self.upstream_address = address
         self.connected_at = time.monotonic()
-        if self.client_lost or self.reason is not None:
-            transport.close()
+        if self.phase is not Phase.DIALING:  # the client left, or the proxy is being stopped
+            assert connection.transport is not None
+            connection.transport.abort()
             return
+        upstream = UpstreamSide(self, None if context.proxy_protocol else ConnectHandshake())
+        self.upstream = upstream
+        gateway = connection.hand_over(upstream)
         if context.proxy_protocol:
             # The gateway learns the shoot from the destination: the address the client connected to.
             local = self.transport.get_extra_info("sockname")
-            transport.write(encode_v2(self.peer or ("0.0.0.0", 0), (local[0], local[1])))
+            gateway.write(encode_v2(self.peer or ("0.0.0.0", 0), (local[0], local[1])))
             self._start_relay(b"")
-            return
-        transport.write(context.connect_request)
-        self.answer_timer = context.loop.call_later(
-            context.config.connect_answer_timeout, self._answer_timeout
-        )
+        else:
+            gateway.write(context.connect_request)
+            self.phase = Phase.ANSWERING
+            context.set_deadline(self, context.config.connect_answer_timeout)
+        connection.replay(upstream)
+
+    def _setup_done(self, task: asyncio.Task[None]) -> None:
+        # Drop the finished task: it and its coroutine (frame included) would otherwise live as long as
+        # the tunnel.
+        self.setup = None
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None:  # a bug: end the tunnel rather than leave the client waiting for an hour
+                log.error("tunnel from %s: setup failed", format_peer(self.peer), exc_info=error)
+                self._end(Reason.INTERNAL_ERROR)
+        self._maybe_finish()
 
     def answer_received(self, data: bytes) -> None:
         upstream = self.upstream
-        if upstream is None or upstream.handshake is None:
-            return  # closing
+        assert upstream is not None
+        handshake = upstream.handshake
+        if handshake is None:
+            return  # ending: whatever the gateway still sends is dropped
         try:
-            answer = upstream.handshake.feed(data)
+            answer = handshake.feed(data)
         except HandshakeError as error:
-            self._fail(error.reason, str(error))
+            self._end(error.reason, str(error))
             return
         if answer is None:
             return
         self.response_code = answer.status
         if not answer.accepted:
-            reason = answer.reason.decode("ascii", "replace")
-            self._fail(GATEWAY_REJECTED, f"gateway answered the CONNECT with {answer.status} {reason}")
+            phrase = answer.reason[:REASON_PHRASE_LIMIT].decode("ascii", "backslashreplace")
+            self._end(
+                Reason.GATEWAY_REJECTED, f"gateway answered the CONNECT with {answer.status} {phrase!r}"
+            )
             return
         upstream.handshake = None
         self._start_relay(answer.tunnel_data)
 
     def _start_relay(self, tunnel_data: bytes) -> None:
         upstream = self.upstream
-        assert upstream is not None and upstream.transport is not None
-        if self.answer_timer is not None:
-            self.answer_timer.cancel()
-            self.answer_timer = None
+        assert upstream is not None
+        self.context.clear_deadline(self)
+        self.phase = Phase.RELAYING
         self.established_at = time.monotonic()
-        self.relaying = True
         client, gateway = self.transport, upstream.transport
         upstream.peer_write = client.write
         self.peer_write = gateway.write
@@ -368,229 +540,155 @@ class Tunnel(asyncio.Protocol):
         if self.client_eof:
             if gateway.can_write_eof():
                 gateway.write_eof()
-        elif not self.client_lost:
+        else:
             client.resume_reading()
         self.context.observer.tunnel_established(self)
 
-    def upstream_eof(self) -> None:
-        upstream = self.upstream
-        if not self.relaying:
-            if upstream is not None and upstream.handshake is not None:
-                try:
-                    upstream.handshake.feed_eof()
-                except HandshakeError as error:
-                    self._fail(error.reason, str(error))
-            return
-        if self.client_eof:
-            self._close(COMPLETED)
-        elif self.transport.can_write_eof():
-            self.transport.write_eof()
+    def gateway_eof(self) -> None:
+        phase = self.phase
+        if phase is Phase.RELAYING:
+            if self.client_eof:
+                self._end(Reason.COMPLETED)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+        elif phase is Phase.ANSWERING:
+            upstream = self.upstream
+            assert upstream is not None and upstream.handshake is not None
+            try:
+                upstream.handshake.feed_eof()
+            except HandshakeError as error:
+                self._end(error.reason, str(error))
 
-    def upstream_lost(self, exc: Exception | None) -> None:
-        self._stop_pumps()
-        if self.reason is None:
-            if exc is not None:
-                self.reason = UPSTREAM_RESET
-            elif self.relaying:
-                # The gateway closed the tunnel. A clean end if the client had finished sending.
-                self.reason = COMPLETED if self.client_eof else UPSTREAM_CLOSED
-            else:
-                self.reason = UPSTREAM_CLOSED
-        if not self.client_lost:
-            if exc is not None:
-                reset(self.transport)  # carry the reset
-            else:
-                self.transport.close()
+    def gateway_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._end(Reason.UPSTREAM_RESET)
+        elif self.phase is Phase.RELAYING and self.client_eof:
+            self._end(Reason.COMPLETED)  # the gateway closed after the client had finished sending
+        else:
+            self._end(Reason.UPSTREAM_CLOSED)
         self._maybe_finish()
 
     # --- splice (bulk directions; see splice.py) ------------------------------------------------------
 
-    def splice_up(self) -> None:
-        """Carry client -> gateway with a splice pump from now on."""
+    def splice(self, up: bool) -> None:
+        """Carry one direction (`up`: client -> gateway) with a splice pump from now on, if possible."""
+        splicer = self.context.splicer
         upstream = self.upstream
-        if self.up_pump is None and upstream is not None and upstream.transport is not None:
-            self.up_pump = self._start_pump(
-                UP, self.transport, upstream.transport, self._up_moved, self.eof_received
-            )
+        if splicer is None or upstream is None or self.phase is not Phase.RELAYING:
+            return
+        if up and self.up_pump is None:
+            splicer.start(self, True, self.transport, upstream.transport)
+        elif not up and self.down_pump is None:
+            splicer.start(self, False, upstream.transport, self.transport)
 
-    def splice_down(self) -> None:
-        """Carry gateway -> client with a splice pump from now on."""
+    def pump_moved(self, up: bool, count: int) -> None:
+        if up:
+            self.rx_bytes += count
+        elif self.upstream is not None:
+            self.upstream.rx_bytes += count
+
+    def pump_eof(self, up: bool) -> None:
+        if up:
+            self.eof_received()
+        elif self.upstream is not None:
+            self.upstream.eof_received()
+
+    def pump_failed(self, up: bool, source: bool) -> None:
+        """A pump's read (`source`) or write failed: that connection broke, as a reset does."""
+        client_broke = up == source
+        self._end(Reason.DOWNSTREAM_RESET if client_broke else Reason.UPSTREAM_RESET)
+
+    def pump_released(self, up: bool) -> None:
+        """A quiet direction is back on the Protocol relay: its source is read by its transport again."""
         upstream = self.upstream
-        if self.down_pump is None and upstream is not None and upstream.transport is not None:
-            self.down_pump = self._start_pump(
-                DOWN, upstream.transport, self.transport, self._down_moved, upstream.eof_received
-            )
-
-    def release_quiet_pumps(self) -> bool:
-        """Hand a direction that has gone quiet back to its transports (frees the pump's pipe and
-        descriptors). True while a pump remains."""
-        upstream = self.upstream
-        if self.up_pump is not None and self.up_pump.quiet():
-            self.up_pump.close()
-            self.up_pump = None
-            self.context.log_pump(self, UP, "back on the event loop")
-            if not (self.client_eof or self.client_lost):
-                self.transport.resume_reading()
-        if self.down_pump is not None and self.down_pump.quiet():
-            self.down_pump.close()
-            self.down_pump = None
-            self.context.log_pump(self, DOWN, "back on the event loop")
-            if (
-                upstream is not None
-                and upstream.transport is not None
-                and not (upstream.eof or upstream.lost)
-            ):
-                upstream.transport.resume_reading()
-        return self.up_pump is not None or self.down_pump is not None
-
-    def _start_pump(
-        self,
-        direction: str,
-        src: asyncio.Transport,
-        dst: asyncio.Transport,
-        on_moved: Callable[[int], None],
-        on_eof: Callable[[], object],
-    ) -> SplicePump | None:
-        # Only from a clean point: the Protocol relay has nothing buffered for `dst`, so no byte can pass
-        # another, and neither connection is on its way out.
-        if self.reason is not None or dst.get_write_buffer_size() or dst.is_closing() or src.is_closing():
-            return None
-        context = self.context
-        if context.loop.time() < context.splice_retry_at:
-            return None
-        # A failed read is the source's connection failing, a failed write the destination's.
-        src_broken, dst_broken = (
-            (self._client_broken, self._gateway_broken)
-            if direction == UP
-            else (self._gateway_broken, self._client_broken)
-        )
-        try:
-            pump = SplicePump.open(context.loop, src, dst, on_moved, on_eof, src_broken, dst_broken)
-        except OSError as error:  # out of descriptors: the Protocol relay goes on; retry in a second
-            context.splice_unavailable(error)
-            return None
-        src.pause_reading()  # the pump reads it from now on
-        pump.start()
-        context.pump_started(self, direction)
-        return pump
-
-    def _up_moved(self, count: int) -> None:
-        self.rx_bytes += count
-
-    def _down_moved(self, count: int) -> None:
-        upstream = self.upstream
-        if upstream is not None:
-            upstream.rx_bytes += count
-
-    def _client_broken(self, error: OSError) -> None:
-        self._splice_failed(True)
-
-    def _gateway_broken(self, error: OSError) -> None:
-        self._splice_failed(False)
-
-    def _splice_failed(self, client_side: bool) -> None:
-        """A pump's read or write failed on one connection (a reset, as the transports report it): that side
-        is closed and the reset carried to the other, as connection_lost does for the Protocol relay."""
-        if self.reason is None:
-            self.reason = DOWNSTREAM_RESET if client_side else UPSTREAM_RESET
-        self._stop_pumps()
-        upstream = self.upstream
-        gateway = upstream.transport if upstream is not None and not upstream.lost else None
-        client = None if self.client_lost else self.transport
-        broken, other = (client, gateway) if client_side else (gateway, client)
-        if other is not None:
-            reset(other)
-        if broken is not None:
-            broken.abort()
-
-    def _stop_pumps(self) -> None:
-        # Before the transports close: the pumps' duplicate descriptors would keep the sockets open.
-        if self.up_pump is not None:
-            self.up_pump.close()
-            self.up_pump = None
-        if self.down_pump is not None:
-            self.down_pump.close()
-            self.down_pump = None
+        if self.phase is not Phase.RELAYING or upstream is None:
+            return
+        if up:
+            self.read_client()
+        elif not upstream.eof:
+            upstream.transport.resume_reading()
 
     # --- endings --------------------------------------------------------------------------------------
 
-    def _answer_timeout(self) -> None:
-        self.answer_timer = None
-        timeout = self.context.config.connect_answer_timeout
-        self._fail(ANSWER_TIMEOUT, f"gateway sent no CONNECT answer within {timeout:g}s")
+    def end(self, reason: Reason) -> None:
+        """End the tunnel from outside (the drain deadline)."""
+        self._end(reason)
 
-    def _idle_tick(self) -> None:
+    def deadline_passed(self) -> None:
+        phase = self.phase
+        if phase is Phase.WAITING:
+            self._end(Reason.FIRST_BYTE_TIMEOUT)
+        elif phase is Phase.ANSWERING:
+            timeout = self.context.config.connect_answer_timeout
+            self._end(Reason.ANSWER_TIMEOUT, f"gateway sent no CONNECT answer within {timeout:g}s")
+        elif phase is Phase.ENDING and not self.client_lost:
+            self.transport.abort()  # the lingering close took too long
+
+    def quiet_since_last_check(self) -> bool:
+        """For the idle sweep: True after IDLE_TICKS checks in a row without a byte moving."""
+        if self.phase >= Phase.ENDING:
+            return False
         moved = self.rx_bytes + self.tx_bytes
         if moved != self.idle_mark:
             self.idle_mark = moved
-            self.idle_quiet_ticks = 0
-        else:
-            self.idle_quiet_ticks += 1
-            if self.idle_quiet_ticks >= _IDLE_TICKS:
-                self.idle_timer = None
-                self.abort(IDLE_TIMEOUT)
-                return
-        self.idle_timer = self.context.loop.call_later(
-            self.context.config.idle_timeout / _IDLE_TICKS, self._idle_tick
-        )
+            self.idle_quiet = 0
+            return False
+        self.idle_quiet += 1
+        return self.idle_quiet >= IDLE_TICKS
 
-    def _fail(self, reason: str, detail: str) -> None:
-        """Setup failed: the client gets a close, the failure its reason and a log line."""
-        if self.reason is None:
-            self.reason = reason
-            self.context.log_failure(self, detail)
-        self._close(reason)
-
-    def _close(self, reason: str) -> None:
-        """End both connections after flushing what is buffered."""
-        if self.reason is None:
-            self.reason = reason
-        self._stop_pumps()
-        if self.answer_timer is not None:
-            self.answer_timer.cancel()
-            self.answer_timer = None
+    def _end(self, reason: Reason, detail: str | None = None) -> None:
+        """The one way a tunnel ends: the first cause sets the reason and acts on both connections."""
+        if self.phase >= Phase.ENDING:
+            return
+        self.phase = Phase.ENDING
+        self.reason = reason
+        context = self.context
+        context.clear_deadline(self)
+        if detail is not None:
+            context.log_failure(self, detail)
+        if self.up_pump is not None or self.down_pump is not None:
+            assert context.splicer is not None
+            context.splicer.stop(self)
+        if self.setup is not None:
+            self.setup.cancel()
+        self.pending = None
+        client_how, gateway_how = ENDINGS[reason]
         upstream = self.upstream
         if upstream is not None:
             upstream.handshake = None
-            if upstream.transport is not None and not upstream.lost:
-                upstream.transport.close()
+            if not upstream.lost:
+                _act(upstream.transport, gateway_how)
         if not self.client_lost:
-            self.transport.close()
-        self._maybe_finish()
+            if client_how is How.LINGER:
+                self._linger()
+            else:
+                _act(self.transport, client_how)
 
-    def abort(self, reason: str) -> None:
-        """End both connections at once, dropping buffered bytes (idle timeout, end of drain)."""
-        if self.reason is None:
-            self.reason = reason
-        self._stop_pumps()
-        if self.setup is not None and not self.setup.done():
-            self.setup.cancel()
-        upstream = self.upstream
-        if upstream is not None and upstream.transport is not None and not upstream.lost:
-            upstream.transport.abort()
-        if not self.client_lost:
+    def _linger(self) -> None:
+        transport = self.transport
+        if self.client_eof or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self.context.set_deadline(self, LINGER_SECONDS)
+
+    def _discard(self, data: bytes) -> None:
+        """Client bytes during a lingering close: dropped, up to a bound."""
+        self.lingered += len(data)
+        if self.lingered > LINGER_BYTES:
             self.transport.abort()
-        self._maybe_finish()
-
-    def _setup_done(self, _: asyncio.Task[None]) -> None:
-        # Drop the finished task: it and its coroutine (frame included) would otherwise live as long as
-        # the tunnel, a good part of an idle tunnel's memory.
-        self.setup = None
-        self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self.ended_at or not self.client_lost:
+        if self.phase is not Phase.ENDING or not self.client_lost:
             return
         upstream = self.upstream
         if upstream is not None and not upstream.lost:
             return
-        if self.setup is not None and not self.setup.done():
+        if self.setup is not None:
             return  # _setup_done calls back
+        self.phase = Phase.ENDED
         self.ended_at = time.monotonic()
-        for timer in (self.answer_timer, self.idle_timer):
-            if timer is not None:
-                timer.cancel()
-        self.answer_timer = self.idle_timer = None
-        self.pending = None
-        self.context.tunnels.discard(self)
-        self.context.observer.tunnel_closed(self)
+        context = self.context
+        context.release(self)
+        context.observer.tunnel_closed(self)

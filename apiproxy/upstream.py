@@ -9,10 +9,11 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .addresses import host_port
 from .config import DNSFamily, Endpoint, TunnelConfig
+from .reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +24,11 @@ _FAMILIES = {DNSFamily.AUTO: socket.AF_UNSPEC, DNSFamily.V4: socket.AF_INET, DNS
 
 
 class UpstreamError(Exception):
-    """No connection to the gateway. `reason` is the metric label."""
+    """No connection to the gateway. `reason` names the failure, `str()` says what happened."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
-
-
-class ResolverStats:
-    __slots__ = ("failures", "resolutions")
-
-    def __init__(self) -> None:
-        self.resolutions = 0
-        self.failures = 0
 
 
 class Resolver:
@@ -49,7 +42,6 @@ class Resolver:
         self.endpoint = endpoint
         self.family = _FAMILIES[family]
         self.refresh = refresh
-        self.stats = ResolverStats()
         self.on_resolved: Callable[[bool, float], None] | None = None
         self._addresses: list[Address] = []
         self._expires = 0.0
@@ -81,7 +73,6 @@ class Resolver:
     async def _lookup(self) -> list[Address]:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        self.stats.resolutions += 1
         try:
             infos = await loop.getaddrinfo(
                 self.endpoint.host, self.endpoint.port, family=self.family, type=socket.SOCK_STREAM
@@ -90,7 +81,6 @@ class Resolver:
             if not addresses:
                 raise socket.gaierror(socket.EAI_NONAME, "no addresses")
         except (OSError, UnicodeError) as error:
-            self.stats.failures += 1
             self._notify(False, started)
             if self._addresses:
                 log.warning(
@@ -99,7 +89,7 @@ class Resolver:
                 self._expires = time.monotonic() + self.refresh
                 return self._addresses
             raise UpstreamError(
-                "dns_failure", f"cannot resolve gateway {self.endpoint.host}: {error}"
+                Reason.DNS_FAILURE, f"cannot resolve gateway {self.endpoint.host}: {error}"
             ) from None
         self._notify(True, started)
         if addresses != self._addresses:
@@ -126,11 +116,78 @@ def format_address(address: Address) -> str:
     return host_port(address[1][0], address[1][1])
 
 
+class Connecting(asyncio.Protocol):
+    """The protocol of a gateway connection while it is being dialled. It keeps what the connection reports
+    until the dial has returned and `hand_over` gives it to its real protocol, so that an attempt the dialer
+    abandons (a timeout, a failed keepalive option) never reaches a tunnel, and bytes the gateway sends
+    before the dial returns are not lost. It reads at most once meanwhile."""
+
+    __slots__ = ("events", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        # Each a chunk of bytes, _EOF, or the exception (or None) of connection_lost as _Lost.
+        self.events: list[bytes | object] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append(data)
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.events.append(_EOF)
+        return True  # our sending direction stays open: the tunnel decides
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append(_Lost(exc))
+
+    def hand_over(self, protocol: asyncio.Protocol) -> asyncio.Transport:
+        """Make `protocol` the connection's protocol (its connection_made is called). Then call `replay`."""
+        transport = self.transport
+        assert transport is not None
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        return transport
+
+    def replay(self, protocol: asyncio.Protocol) -> None:
+        """Give `protocol` what arrived before `hand_over`. Reading resumes first, so a protocol that
+        pauses while replaying stays paused."""
+        events, self.events = self.events, []
+        if not events:
+            return
+        transport = self.transport
+        assert transport is not None
+        if not transport.is_closing():
+            transport.resume_reading()
+        for event in events:
+            if isinstance(event, bytes):
+                protocol.data_received(event)
+            elif event is _EOF:
+                protocol.eof_received()
+            else:
+                assert isinstance(event, _Lost)
+                protocol.connection_lost(event.exc)
+
+
+_EOF = object()
+
+
+class _Lost:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception | None) -> None:
+        self.exc = exc
+
+
 class Dialer:
     """Opens TCP connections to the gateway, trying each resolved address in turn.
 
     The address that last worked is tried first, so a dead first address costs one timeout once, not
-    on every tunnel.
+    on every tunnel. Each attempt has a `Connecting` protocol of its own; the caller hands the winner's
+    connection to its protocol.
     """
 
     def __init__(self, config: TunnelConfig, resolver: Resolver) -> None:
@@ -138,9 +195,7 @@ class Dialer:
         self.resolver = resolver
         self._preferred: Address | None = None
 
-    async def connect(
-        self, protocol_factory: Callable[[], asyncio.Protocol]
-    ) -> tuple[asyncio.Transport, Address]:
+    async def connect(self) -> tuple[Connecting, Address]:
         addresses = await self.resolver.resolve()
         preferred = self._preferred
         if preferred is not None and preferred in addresses and addresses[0] != preferred:
@@ -149,55 +204,48 @@ class Dialer:
         errors: list[UpstreamError] = []
         for address in addresses:
             try:
-                transport = await self._dial(loop, protocol_factory, address)
+                connection = await self._dial(loop, address)
             except UpstreamError as error:
                 errors.append(error)
                 continue
             self._preferred = address
-            return transport, address
+            return connection, address
         if len(errors) == 1:
             raise errors[0]
         raise UpstreamError(errors[-1].reason, "; ".join(str(e) for e in errors))
 
-    async def _dial(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        protocol_factory: Callable[[], asyncio.Protocol],
-        address: Address,
-    ) -> asyncio.Transport:
+    async def _dial(self, loop: asyncio.AbstractEventLoop, address: Address) -> Connecting:
         """One TCP connection to one resolved address. The loop creates and connects the socket itself:
         with an IP literal uvloop skips getaddrinfo and libuv connects, sets TCP_NODELAY and registers the
         socket with no Python-level selector callbacks (fewer syscalls and objects per tunnel than
         connecting a socket of our own and handing it over)."""
         family, sockaddr = address
         host = sockaddr[0] if family != socket.AF_INET6 or not sockaddr[3] else f"{sockaddr[0]}%{sockaddr[3]}"
+        where = format_address(address)
         try:
             async with asyncio.timeout(self.config.connect_timeout):
-                transport, _ = await loop.create_connection(
-                    protocol_factory, host, sockaddr[1], family=family
+                transport, connection = await loop.create_connection(
+                    Connecting, host, sockaddr[1], family=family
                 )
         except TimeoutError:
             raise UpstreamError(
-                "connect_timeout",
-                f"connecting to gateway {format_address(address)} timed out after {self.config.connect_timeout:g}s",
+                Reason.CONNECT_TIMEOUT,
+                f"connecting to gateway {where} timed out after {self.config.connect_timeout:g}s",
             ) from None
         except ConnectionRefusedError:
-            raise UpstreamError(
-                "connect_refused", f"gateway {format_address(address)} refused the connection"
-            ) from None
+            raise UpstreamError(Reason.CONNECT_REFUSED, f"gateway {where} refused the connection") from None
         except OSError as error:  # unreachable, reset, or no descriptor for a socket (EMFILE)
             raise UpstreamError(
-                "connect_error",
-                f"cannot connect to gateway {format_address(address)}: {error.strerror or error}",
+                Reason.CONNECT_ERROR, f"cannot connect to gateway {where}: {error.strerror or error}"
             ) from None
         try:
             _set_keepalive(transport, self.config)
         except OSError as error:  # the peer reset the connection already
             transport.abort()
             raise UpstreamError(
-                "connect_error", f"cannot use the connection to gateway {format_address(address)}: {error}"
+                Reason.CONNECT_ERROR, f"cannot use the connection to gateway {where}: {error}"
             ) from None
-        return transport
+        return connection
 
 
 def _set_keepalive(transport: asyncio.Transport, config: TunnelConfig) -> None:

@@ -88,6 +88,7 @@ class TunnelOptions:
     tcp_keepalive_interval: str
     buffer_size: str
     splice: bool = True
+    first_byte_timeout: str = "10s"
 
     def build(self) -> TunnelConfig:
         if not self.upstream:
@@ -129,6 +130,9 @@ class TunnelOptions:
             tcp_keepalive_interval=_whole_seconds("--tcp-keepalive-interval", self.tcp_keepalive_interval),
             buffer_size=parse_size("--buffer-size", self.buffer_size, minimum=1024, maximum=64 * 1024 * 1024),
             splice=self.splice,
+            first_byte_timeout=parse_duration(
+                "--first-byte-timeout", self.first_byte_timeout, allow_zero=True
+            ),
         )
 
 
@@ -225,6 +229,16 @@ AnswerTimeoutOpt = Annotated[
         env="CONNECT_ANSWER_TIMEOUT",
         metavar=DURATION,
         help="How long to wait for the CONNECT answer.",
+    ),
+]
+FirstByteTimeoutOpt = Annotated[
+    str,
+    option(
+        "--first-byte-timeout",
+        env="FIRST_BYTE_TIMEOUT",
+        metavar=DURATION,
+        help="Close a client that sends nothing this long; the gateway is dialled only after its first byte "
+        "(0s: dial at once, as Envoy does, for protocols where the server speaks first).",
     ),
 ]
 IdleTimeoutOpt = Annotated[

@@ -36,6 +36,7 @@ from .options import (
     DestinationOpt,
     DNSFamilyOpt,
     DNSRefreshOpt,
+    FirstByteTimeoutOpt,
     IdleTimeoutOpt,
     KeepaliveIntervalOpt,
     KeepaliveTimeOpt,
@@ -49,7 +50,7 @@ from .options import (
 
 
 def build_listener(
-    listen: str | None, ip_address: str | None, max_connections: str
+    listen: str | None, ip_address: str | None, max_connections: str, max_per_source: str | None = None
 ) -> tuple[ListenerConfig, IPAddress | None]:
     vip = parse_vip("--ip-address", ip_address) if ip_address else None
     if listen:
@@ -59,7 +60,12 @@ def build_listener(
     else:
         raise ConfigError("--listen", "", "HOST:PORT to accept on, or --ip-address (then VIP:443)")
     limit = parse_int("--max-connections", max_connections, minimum=1, maximum=1_000_000)
-    return ListenerConfig(listen=endpoint, max_connections=limit), vip
+    per_source = (
+        parse_int("--max-connections-per-source", max_per_source, minimum=1, maximum=1_000_000)
+        if max_per_source
+        else None
+    )
+    return ListenerConfig(listen=endpoint, max_connections=limit, max_connections_per_source=per_source), vip
 
 
 def build_monitoring(
@@ -103,6 +109,7 @@ def register(app: typer.Typer) -> None:
         dns_refresh: DNSRefreshOpt = "5s",
         connect_timeout: ConnectTimeoutOpt = "5s",
         connect_answer_timeout: AnswerTimeoutOpt = "10s",
+        first_byte_timeout: FirstByteTimeoutOpt = "10s",
         idle_timeout: IdleTimeoutOpt = "1h",
         tcp_keepalive_time: KeepaliveTimeOpt = "7200s",
         tcp_keepalive_interval: KeepaliveIntervalOpt = "55s",
@@ -117,6 +124,16 @@ def register(app: typer.Typer) -> None:
                 help="Concurrent tunnels; more are closed at once.",
             ),
         ] = "10000",
+        max_connections_per_source: Annotated[
+            str | None,
+            option(
+                "--max-connections-per-source",
+                env="MAX_CONNECTIONS_PER_SOURCE",
+                metavar=COUNT,
+                help="Concurrent tunnels from one source address; more are closed at once "
+                "[default: half of --max-connections].",
+            ),
+        ] = None,
         drain_timeout: Annotated[
             str,
             option(
@@ -198,9 +215,9 @@ def register(app: typer.Typer) -> None:
         tunnel = TunnelOptions(
             upstream, connect_authority, destination, destination_header, upstream_protocol, dns_family, dns_refresh,
             connect_timeout, connect_answer_timeout, idle_timeout, tcp_keepalive_time, tcp_keepalive_interval,
-            buffer_size, splice,
+            buffer_size, splice, first_byte_timeout,
         ).build()  # fmt: skip
-        listener, vip = build_listener(listen, ip_address, max_connections)
+        listener, vip = build_listener(listen, ip_address, max_connections, max_connections_per_source)
         vip_config = None
         if manage_vip or (manage_vip is None and vip is not None):
             if vip is None:

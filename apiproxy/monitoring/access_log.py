@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..addresses import host_port
+from ..reasons import RESPONSE_FLAGS, Reason
 
 Address = tuple[str, int]
 
@@ -32,7 +33,7 @@ class TunnelRecord:
     start_time: float  # wall clock, seconds since the epoch
     duration: float  # seconds
     response_code: int
-    reason: str
+    reason: Reason
     bytes_received: int  # from the client
     bytes_sent: int  # to the client
     downstream_remote: Address | None
@@ -40,21 +41,6 @@ class TunnelRecord:
     upstream_host: Address | None
     upstream_cluster: str
 
-
-# Reason of a tunnel's end -> Envoy's RESPONSE_FLAGS. Reasons not listed print "-".
-RESPONSE_FLAGS = {
-    "gateway_rejected": "UF,URX",
-    "connect_refused": "UF,URX",
-    "connect_timeout": "UF,URX",
-    "connect_error": "UF,URX",
-    "closed_before_answer": "UF,URX",
-    "malformed_answer": "UF,URX",
-    "answer_too_large": "UF,URX",
-    "dns_failure": "UH",
-    "answer_timeout": "UT",
-    "upstream_closed": "UC",
-    "upstream_reset": "UC",
-}
 
 DEFAULT_START_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%3fZ"
 

@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
 from ..addresses import peer as format_peer
-from ..server import OVERFLOW
-from ..tunnel import COMPLETED, Tunnel
+from ..reasons import CONNECT_FAILURES, Reason, Refusal
+from ..tunnel import Tunnel, TunnelContext
 from .access_log import TunnelRecord
 from .envoy_stats import EnvoyStats
 from .metrics import NativeMetrics
 
-if TYPE_CHECKING:
-    from ..server import TunnelContext
-
 log = logging.getLogger("apiproxy.tunnel")
-
-# Failures to reach the gateway at all: a connection was attempted but none was made (Envoy still
-# samples its upstream connection length for those).
-CONNECT_FAILURES = frozenset({"connect_refused", "connect_timeout", "connect_error"})
-DNS_FAILURE = "dns_failure"
 
 
 class MonitoringObserver:
@@ -50,7 +41,7 @@ class MonitoringObserver:
         self.local_address = local_address
         # Bytes already published of tunnels still open: tunnel -> (rx, tx).
         self._published: dict[Tunnel, tuple[int, int]] = {}
-        self._closed_by_reason: dict[str, Counter] = {}
+        self._closed_by_reason: dict[Reason, Counter] = {}
 
     # --- TunnelObserver -------------------------------------------------------------------------------
 
@@ -68,11 +59,11 @@ class MonitoringObserver:
         rx, tx = tunnel.rx_bytes, tunnel.tx_bytes
         published_rx, published_tx = self._published.pop(tunnel, (0, 0))
         self._publish_bytes(rx - published_rx, tx - published_tx)
-        reason = tunnel.reason or COMPLETED
+        reason = tunnel.reason or Reason.COMPLETED
         native = self.native
         closed = self._closed_by_reason.get(reason)
         if closed is None:
-            closed = native.tunnels_closed.labels("success" if reason == COMPLETED else "failure", reason)
+            closed = native.tunnels_closed.labels(reason.outcome, reason)
             self._closed_by_reason[reason] = closed
         closed.inc()
         duration = tunnel.ended_at - tunnel.started_at
@@ -92,11 +83,11 @@ class MonitoringObserver:
                 duration,
             )
 
-    def connection_rejected(self, reason: str, peer: tuple[str, int] | None) -> None:
+    def connection_rejected(self, reason: Refusal, peer: tuple[str, int] | None) -> None:
         self.native.connections_rejected.labels(reason).inc()
         # Envoy counts a connection over the listener's limit only here (not in cx_total); while it
-        # drains, its listener is closed and sees nothing.
-        if reason == OVERFLOW and self.envoy is not None:
+        # drains, its listener is closed and sees nothing. A source over its own cap is an overflow too.
+        if reason is not Refusal.DRAINING and self.envoy is not None:
             self.envoy.listener_downstream_cx_overflow += 1
 
     # --- other sources --------------------------------------------------------------------------------
@@ -138,7 +129,7 @@ class MonitoringObserver:
             envoy.cluster_upstream_cx_tx_bytes_total += rx
             envoy.cluster_upstream_cx_rx_bytes_total += tx
 
-    def _envoy_closed(self, envoy: EnvoyStats, tunnel: Tunnel, reason: str, duration: float) -> None:
+    def _envoy_closed(self, envoy: EnvoyStats, tunnel: Tunnel, reason: Reason, duration: float) -> None:
         envoy.listener_downstream_cx_destroy += 1
         envoy.listener_downstream_cx_length_ms.observe(duration * 1000)
         if tunnel.connected_at:
@@ -151,10 +142,10 @@ class MonitoringObserver:
             envoy.cluster_upstream_cx_tx_bytes_total += len(self.context.connect_request)
         elif reason in CONNECT_FAILURES:
             envoy.cluster_upstream_cx_length_ms.observe(duration * 1000)
-        elif reason == DNS_FAILURE:
+        elif reason is Reason.DNS_FAILURE:
             envoy.cluster_upstream_cx_none_healthy += 1
 
-    def _record(self, tunnel: Tunnel, reason: str, duration: float) -> TunnelRecord:
+    def _record(self, tunnel: Tunnel, reason: Reason, duration: float) -> TunnelRecord:
         upstream: tuple[str, int] | None = None
         address = tunnel.upstream_address
         if address is None and self.context.resolver.cached:

@@ -69,6 +69,9 @@ def test_bad_input_is_refused(
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert len(lines) == 1 and lines[0].startswith(f"apiproxy: {flag}: expected "), done.stderr
+    variables = list(CASES[case][2])
+    # A value from the environment is named by its variable and its flag.
+    named = f"{variables[0]} ({flag})" if variables else flag
+    assert len(lines) == 1 and lines[0].startswith(f"apiproxy: {named}: expected "), done.stderr
     assert "listening on" not in done.stderr + done.stdout
     assert not listening(metrics_port)

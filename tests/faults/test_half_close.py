@@ -85,13 +85,14 @@ def test_upstream_half_close_then_client_data(lab: Lab) -> None:
     lab.fault.faults.append(answer(OK_200, server))
     with ReadyWatch(lab.proxy) as ready:
         with socket.create_connection(lab.proxy.address, timeout=10) as sock:
+            sock.sendall(b"hello")  # the gateway is dialled at the client's first byte
             back, end = recv_until_closed(sock)
             sock.sendall(late)  # after the gateway's FIN reached us
             sock.shutdown(socket.SHUT_WR)
             assert sock.recv(1) == b""
         lab.held.exchange()
     assert (digest(back), end) == (digest(RESPONSE), "eof")
-    assert [(digest(b), e) for b, e in seen] == [(digest(late), "eof")]
+    assert [(digest(b), e) for b, e in seen] == [(digest(b"hello" + late), "eof")]
     expect_closed(lab.proxy, before, completed=1)
     ready.check()
     settled(lab.proxy, lab.fds, active=1)

@@ -85,7 +85,14 @@ def hold_idle_tunnels(count: int, fd_limit: int) -> None:
     try:
         config = GatewayConfig(clusters={DESTINATION: ("127.0.0.1", echo.port)}, max_connections=count * 2)
         envoy = start_gateway(config)
-        proxy = Proxy(net, f"127.0.0.1:{config.port}", "--max-connections", str(count + 100)).start()
+        proxy = Proxy(
+            net,
+            f"127.0.0.1:{config.port}",
+            "--max-connections",
+            str(count + 100),
+            "--max-connections-per-source",
+            str(count + 100),
+        ).start()  # one source here
         assert f"file descriptor limit: {fd_limit}" in proxy.process.stderr()
         busy = Held(proxy.address)
         busy.close()

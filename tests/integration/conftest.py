@@ -130,8 +130,13 @@ class ScriptedProxy:
     port: int
     metrics_port: int
 
-    def connect(self, timeout: float = 10.0) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+    def connect(self, timeout: float = 10.0, first: bytes = b"") -> socket.socket:
+        """A client connection; `first`: bytes it sends at once (apiproxy dials the gateway only after a
+        client's first byte, so a test whose server speaks first needs them)."""
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if first:
+            sock.sendall(first)
+        return sock
 
     def closed(self, reason: str) -> float:
         """apiproxy_tunnels_closed_total for one reason, from a live scrape."""

@@ -105,6 +105,7 @@ def test_upstream_fin_reaches_the_client_which_can_still_send(
 
     port = serve_through_proxy(closes_first)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"hi, ")  # nothing is dialled before the client's first byte
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -115,7 +116,7 @@ def test_upstream_fin_reaches_the_client_which_can_still_send(
     deadline = time.monotonic() + 5
     while not received_after_fin and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert received_after_fin == [b"still talking"]
+    assert received_after_fin == [b"hi, still talking"]
 
 
 def test_bytes_behind_the_200_in_the_same_segment_reach_the_client(
@@ -128,7 +129,7 @@ def test_bytes_behind_the_200_in_the_same_segment_reach_the_client(
         await reader.read(-1)
         writer.close()
 
-    port = serve_through_proxy(eager)
+    port = serve_through_proxy(eager, "--first-byte-timeout", "0s")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         data = b""
         while len(data) < len(b"server speaks first"):
@@ -174,6 +175,7 @@ def test_proxy_protocol_v2_mode_sends_client_and_listen_addresses(
 
     port = serve_through_proxy(proxy_v2_listener, "--upstream-protocol", "proxy-protocol-v2")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"hello from the client")  # nothing is dialled before the client's first byte
         client_port = sock.getsockname()[1]
         assert sock.recv(100) == b"hello from the gateway"
     header = headers[0]

@@ -134,7 +134,7 @@ def test_gateway_reset_during_a_pumped_download_is_carried_to_the_client(
 
     proxy = scripted_proxy(server, "-v")
     pipes_at_start = proxy.pipes()
-    with proxy.connect(timeout=30) as sock:
+    with proxy.connect(timeout=30, first=b"download, please") as sock:
         time.sleep(0.5)
         with pytest.raises(ConnectionResetError):
             read_to_end(sock)
@@ -162,7 +162,7 @@ def test_client_reset_during_a_pumped_download_is_carried_to_the_gateway(
 
     proxy = scripted_proxy(server, "-v")
     pipes_at_start = proxy.pipes()
-    with proxy.connect(timeout=30) as sock:
+    with proxy.connect(timeout=30, first=b"download, please") as sock:
         time.sleep(0.5)
         recv_exactly(sock, 32 * MIB, hashlib.sha256())  # more than all buffers on the way hold
         assert DOWN_PUMP in proxy.process.stderr()
@@ -185,7 +185,8 @@ def test_no_splice_relays_the_same_bulk_through_the_event_loop(
             await writer.drain()
         writer.close()
 
-    proxy = scripted_proxy(server, "--no-splice", "-v")
+    # The server speaks first and never reads: dial at once, as Envoy does.
+    proxy = scripted_proxy(server, "--no-splice", "-v", "--first-byte-timeout", "0s")
     pipes_at_start = proxy.pipes()
     with proxy.connect(timeout=30) as sock:
         time.sleep(0.5)

@@ -90,7 +90,13 @@ def test_envoy_metrics_move_as_the_real_envoys(lab: Lab) -> None:
     assert lab.gateway is not None
     envoy, envoy_port = start_node_envoy(lab.gateway_config.port, LIMIT)
     try:
-        with apiproxy(lab.gateway_config.port, "--max-connections", str(LIMIT)) as (
+        with apiproxy(
+            lab.gateway_config.port,
+            "--max-connections",
+            str(LIMIT),
+            "--max-connections-per-source",
+            str(LIMIT),
+        ) as (
             proxy,
             proxy_port,
             metrics,

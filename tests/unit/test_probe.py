@@ -10,11 +10,9 @@ import pytest
 from apiproxy.config import Endpoint, TunnelConfig
 from apiproxy.handshake import ConnectAnswer, HandshakeError
 from apiproxy.probe import (
-    DNS,
     NO_SUCH_SHOOT,
     NOT_A_GATEWAY,
     NOT_ALLOWED,
-    REFUSED,
     REJECTED,
     UNREACHABLE,
     ProbeFailed,
@@ -23,6 +21,7 @@ from apiproxy.probe import (
     explain_upstream_error,
     probe_gateway,
 )
+from apiproxy.reasons import Reason
 from apiproxy.upstream import Dialer, Resolver, UpstreamError
 
 DESTINATION = "outbound|443||kube-apiserver.shoot--foo--bar.svc.cluster.local"
@@ -53,13 +52,13 @@ def test_answers_are_explained(status: int, reason: bytes, kind: str, words: str
 @pytest.mark.parametrize(
     ("reason", "kind", "advice"),
     [
-        ("dns_failure", DNS, "check the host name in --upstream"),
-        ("connect_refused", REFUSED, "check the port in --upstream"),
-        ("connect_timeout", UNREACHABLE, "is the gateway reachable from here"),
-        ("connect_error", UNREACHABLE, "no route"),
+        (Reason.DNS_FAILURE, "dns", "check the host name in --upstream"),
+        (Reason.CONNECT_REFUSED, "refused", "check the port in --upstream"),
+        (Reason.CONNECT_TIMEOUT, UNREACHABLE, "is the gateway reachable from here"),
+        (Reason.CONNECT_ERROR, UNREACHABLE, "no route"),
     ],
 )
-def test_dial_failures_are_explained(reason: str, kind: str, advice: str) -> None:
+def test_dial_failures_are_explained(reason: Reason, kind: str, advice: str) -> None:
     failure = explain_upstream_error(UpstreamError(reason, "gateway 192.0.2.1:8443: no route"))
     assert failure.kind == kind
     assert str(failure).startswith("gateway 192.0.2.1:8443: no route")
@@ -67,7 +66,9 @@ def test_dial_failures_are_explained(reason: str, kind: str, advice: str) -> Non
 
 
 def test_protocol_errors_point_at_the_port() -> None:
-    failure = explain_handshake_error(HandshakeError("malformed_answer", "gateway sent an invalid answer"))
+    failure = explain_handshake_error(
+        HandshakeError(Reason.MALFORMED_ANSWER, "gateway sent an invalid answer")
+    )
     assert failure.kind == NOT_A_GATEWAY
     assert "is --upstream the seed gateway's CONNECT port (8443)?" in str(failure)
 
