@@ -213,7 +213,7 @@ _TROUBLE = {
     "deadline": f"dropped at the {DEADLINE:g} s deadline",
     "too_large": f"refused (head over {HEAD_LIMIT} bytes)",
     "bad_request": "refused (malformed, a body, not GET/HEAD)",
-    "failed": "failed (a bug: the first one's traceback is in the log)",
+    "failed": "failed (the first one's traceback is in the log)",
 }
 
 
@@ -354,19 +354,27 @@ class MonitoringEndpoint:
             except (BlockingIOError, ConnectionAbortedError):
                 return
             except OSError as error:
-                if error.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
-                # Out of descriptors: the connections wait in the backlog; retrying at once would spin.
-                self._count("refused_no_descriptor")
-                if not self._accept_paused_until:
-                    for each in self._listeners:
-                        self._selector.unregister(each)
-                self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: the connections wait in the backlog; retrying at once would spin.
+                    self._count("refused_no_descriptor")
+                    if not self._accept_paused_until:
+                        for each in self._listeners:
+                            self._selector.unregister(each)
+                    self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+                else:
+                    # accept(2): errors of the network (ENETDOWN, EPROTO, ...) are to be retried like EAGAIN.
+                    self._failed(f"accepting on {peer(listener.getsockname())}")
                 return
-            self._admit(sock, address)
+            connection = _Connection(sock, address, time.monotonic() + DEADLINE)
+            try:
+                self._admit(connection)
+            except Exception:
+                self._failed(f"admitting {peer(address)}")
+                self._close(connection, reset=True)
+                sock.close()  # if it never took a slot (a second close does nothing)
 
-    def _admit(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
-        connection = _Connection(sock, address, time.monotonic() + DEADLINE)
+    def _admit(self, connection: _Connection) -> None:
+        sock = connection.sock
         self._count("accepted")
         if self._per_source[connection.source] >= PER_SOURCE:
             self._refuse(sock, "refused_source_cap")
@@ -421,10 +429,14 @@ class MonitoringEndpoint:
         try:
             action(connection, *args)
         except Exception:
-            self._count("failed")
-            if self._counts["failed"] == 1:
-                log.exception("monitoring: serving %s failed", peer(connection.address))
+            self._failed(f"serving {peer(connection.address)}")
             self._close(connection, reset=True)
+
+    def _failed(self, what: str) -> None:
+        """Counted, in the periodic report; the first one's traceback logged (a flood of one bug is not)."""
+        self._count("failed")
+        if self._counts["failed"] == 1:
+            log.exception("monitoring: %s failed", what)
 
     def _read_head(self, connection: _Connection) -> None:
         head = connection.head

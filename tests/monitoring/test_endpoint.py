@@ -411,7 +411,7 @@ def test_scrapes_waiting_together_share_one_rendering(endpoint: Endpoint) -> Non
         wait_for(lambda: len(renderings) == 1, timeout=5)
         for scrape in scrapes[1:]:  # these arrive during the first rendering: they wait for one more
             scrape.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.2)
+        wait_for(lambda: len(endpoint.endpoint._renderer._waiting) == 3, timeout=5)  # read, queued
         release.set()
         answers = [scrape.recv(4096) for scrape in scrapes]
     finally:
