@@ -89,8 +89,20 @@ def load_mapping(text: str, expected: str) -> dict[str, Any]:
 
 def _load_json(text: str) -> object | None:
     """The document when the text is JSON (exact: json's numbers and escapes), else None (then YAML)."""
+    built = 0
+
+    def counted(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        # Stops a file of tiny objects while json builds it (760,000 in 8 MiB took 182 MiB before the walk).
+        nonlocal built
+        built += 1 + 2 * len(pairs)
+        if built > MAX_VALUES:
+            raise _too_many()
+        return dict(pairs)
+
     try:
-        document: object = json.loads(text)
+        document: object = json.loads(text, object_pairs_hook=counted)
+    except DocumentError:
+        raise
     except ValueError:
         # Perhaps a YAML flow mapping (or an integer of more than 4,300 digits): YAML says what is wrong.
         return None

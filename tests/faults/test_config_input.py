@@ -3,10 +3,11 @@
 
 The attack, then the bound. Before, a 10 KB billion laughs where a port number is expected ran > 60 s and
 reached 2 GiB (repr() of the value for the message); 100,000 levels of nesting ended in a RecursionError
-traceback; a 30 MB file was still being parsed after 60 s at ~600 MiB, and so was an 8 MB one of 4 million
-values (415 MiB); a YAML error in a kubeconfig quoted the bearer-token line. Now each is refused at once by `apiproxy.documents`: one line, the documented exit
-code (1 as Envoy's, 2 for the CLI), no traceback, nothing of the document quoted. Each process gets a
-generous deadline and its peak RSS (wait4) a generous bound; timings are not asserted.
+traceback; a 30 MB file was still being parsed after 60 s at ~600 MiB, and so were 8 MB files of 4 million
+YAML values (415 MiB) or 760,000 JSON objects (518 MiB); a YAML error in a kubeconfig quoted the
+bearer-token line. Now each is refused at once by `apiproxy.documents`: one line, the documented exit code
+(1 as Envoy's, 2 for the CLI), no traceback, nothing of the document quoted. Each process gets a generous
+deadline and its peak RSS (wait4) a generous bound; timings are not asserted.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def inputs(directory: Path) -> dict[str, Path]:
         "envoy-30mb.yaml": "node:\n  metadata:\n" + big_yaml + example,
         # Under the size bound, but 4 million values: PyYAML builds ~50,000 a second.
         "envoy-dense.yaml": "node: {metadata: {x: [" + "1," * (4 * 1024 * 1024 - 3000) + "1]}}\n" + example,
+        "envoy-dense.json": '{"node": {"metadata": {"x": [' + '{"k": "v"},' * (8 * 1024 * 1024 // 11 - 10) + "{}]}}}",
         "envoy-30mb.json": json.dumps({"node": {"metadata": {"x": "x" * (30 * 1024 * 1024)}}}),
         "envoy-ok.yaml": example,
         "envoy-ok.json": json.dumps(yaml.safe_load(example)),
@@ -93,6 +95,7 @@ CASES: dict[str, tuple[str, int, str]] = {
     "envoy 100,000 levels of JSON": ("envoy-deep.json", 1, "nested deeper than 100 levels (line 1, column 109)"),
     "envoy 30 MB of YAML": ("envoy-30mb.yaml", 1, "cannot read the file: larger than 8 MiB"),
     "envoy 8 MB of 4 million values": ("envoy-dense.yaml", 1, "more than 100,000 values (line 1, column 200"),
+    "envoy 8 MB of 760,000 JSON objects": ("envoy-dense.json", 1, "more than 100,000 values"),
     "envoy 30 MB of JSON": ("envoy-30mb.json", 1, "cannot read the file: larger than 8 MiB"),
     "kubeconfig syntax error on the token line": ("kube-token.yaml", 2, "not valid YAML or JSON: mapping values are not allowed in this context (line 13, column"),
     "kubeconfig billion laughs": ("kube-laughs.yaml", 2, "YAML aliases expand it to more than 100,000 values (line 7,"),
