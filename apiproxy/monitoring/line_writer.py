@@ -1,6 +1,10 @@
 """Writes access-log lines to stdout from a thread of its own, so a slow or blocked stdout (a full pipe to
-a log shipper) never stalls the event loop. Lines wait in a bounded queue; when it is full the oldest
-are dropped and counted, as a log must never cost the data path memory without bound.
+a log shipper) never stalls the event loop. Lines wait in a bounded queue; when it is full the oldest are
+dropped (the newest say more about now) and counted, as a log must never cost the data path memory
+without bound.
+
+Each count has one writer thread: `queue_dropped` the event loop's, `write_failed` and `reported` the
+writer thread's, so no count is lost to a race between the two.
 """
 
 from __future__ import annotations
@@ -19,18 +23,23 @@ MAX_QUEUED = 100_000
 class LineWriter:
     def __init__(self, stream: TextIO, max_queued: int = MAX_QUEUED) -> None:
         self.stream = stream
-        self.dropped = 0
-        self._lines: collections.deque[str] = collections.deque()
-        self._max_queued = max_queued
+        # A full deque drops its oldest line as a new one is appended.
+        self._lines: collections.deque[str] = collections.deque(maxlen=max_queued)
+        self.queue_dropped = 0  # lines pushed out of the full queue (event loop)
+        self.write_failed = 0  # lines stdout refused (writer thread)
+        self.reported = 0  # drops already logged (writer thread)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self.queue_dropped + self.write_failed
 
     def write(self, line: str) -> None:
         """Called on the event loop: no I/O, no lock (deque appends are atomic)."""
         lines = self._lines
-        if len(lines) >= self._max_queued:
-            self.dropped += 1
-            return
+        if len(lines) == lines.maxlen:
+            self.queue_dropped += 1
         lines.append(line)
 
     def start(self) -> None:
@@ -46,22 +55,26 @@ class LineWriter:
 
     def _run(self) -> None:
         while not self._stopping.wait(FLUSH_INTERVAL):
-            self._flush()
-        self._flush()
+            self.flush()
+        self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what is queued (on the writer thread; tests call it directly)."""
         lines = self._lines
-        if not lines:
-            return
         chunk = []
         while lines:
-            chunk.append(lines.popleft())
-        try:
-            self.stream.write("".join(chunk))
-            self.stream.flush()
-        except (OSError, ValueError) as error:  # closed or broken stdout: the proxy goes on
-            self.dropped += len(chunk)
-            log.debug("access log write failed: %s", error)
-        if self.dropped:
-            log.warning("access log: %d lines dropped (stdout too slow or closed)", self.dropped)
-            self.dropped = 0
+            try:
+                chunk.append(lines.popleft())
+            except IndexError:  # emptied meanwhile: cannot happen with one reader, but never raise here
+                break
+        if chunk:
+            try:
+                self.stream.write("".join(chunk))
+                self.stream.flush()
+            except (OSError, ValueError) as error:  # closed or broken stdout: the proxy goes on
+                self.write_failed += len(chunk)
+                log.debug("access log write failed: %s", error)
+        dropped = self.dropped
+        if dropped > self.reported:
+            log.warning("access log: %d lines dropped (stdout too slow or closed)", dropped - self.reported)
+            self.reported = dropped

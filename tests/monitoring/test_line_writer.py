@@ -1,5 +1,5 @@
 """The access log's writer thread: lines reach the stream in order, all of them at stop, and a stream
-that cannot keep up costs dropped lines, not memory."""
+that cannot keep up costs dropped lines (the oldest, counted exactly), not memory."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import io
 import os
 import threading
 import time
+
+import pytest
 
 from apiproxy.monitoring.line_writer import LineWriter
 
@@ -49,4 +51,24 @@ def test_a_full_pipe_never_blocks_the_caller_and_the_queue_is_bounded() -> None:
         os.close(read_end)
     lines = b"".join(received).decode().splitlines()
     assert lines[0] == big.strip()
-    assert lines[1:] == [str(n) for n in range(100)]
+    assert lines[1:] == [str(n) for n in range(900, 1000)]  # the newest kept
+
+
+class _Refusing(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError("stdout closed")
+
+
+def test_every_dropped_line_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    writer = LineWriter(_Refusing(), max_queued=10)
+    for n in range(25):  # 15 pushed out of the queue on the loop's side
+        writer.write(f"{n}\n")
+    writer.flush()  # the 10 left fail to write, on the writer's side
+    writer.write("late\n")
+    writer.flush()
+    reported = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert reported == [
+        "access log: 25 lines dropped (stdout too slow or closed)",
+        "access log: 1 lines dropped (stdout too slow or closed)",
+    ]
+    assert (writer.queue_dropped, writer.write_failed, writer.reported) == (15, 11, 26)
