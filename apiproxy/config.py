@@ -312,14 +312,15 @@ _RESERVED_NAMES = frozenset(name.lower() for name in _RESERVED_HEADER_NAMES if n
 _RESERVED_PREFIXES = tuple(name[:-1].lower() for name in _RESERVED_HEADER_NAMES if name.endswith("*"))
 
 
-def parse_connect_header_name(option: str, value: str) -> str:
-    """A header name apiproxy may add to its CONNECT request: a token, and none of the reserved names."""
+def parse_connect_header_name(option: str, value: str, *, proxy_headers: bool = False) -> str:
+    """A header name apiproxy may add to its CONNECT request: a token, and none of the reserved names.
+    `proxy_headers`: Proxy-* names are allowed (an Envoy bootstrap's headers_to_add may carry the gateway's
+    Proxy-Authorization; a destination header may not)."""
     name = parse_header_name(option, value).lower()
-    if name in _RESERVED_NAMES or name.startswith(_RESERVED_PREFIXES):
+    if name in _RESERVED_NAMES or (name.startswith(_RESERVED_PREFIXES) and not proxy_headers):
+        reserved = [n for n in _RESERVED_HEADER_NAMES if not (proxy_headers and n == "Proxy-*")]
         raise ConfigError(
-            option,
-            value,
-            f"a header name other than {', '.join(_RESERVED_HEADER_NAMES)} (they frame or route the request)",
+            option, value, f"a header name other than {', '.join(reserved)} (they frame or route the request)"
         )
     return value
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import ConfigError, parse_authority, parse_header_name, parse_header_value
+from ..config import (
+    ConfigError,
+    parse_authority,
+    parse_connect_header_name,
+    parse_header_name,
+    parse_header_value,
+)
 from ..documents import show
 from .access_log import read_access_log
 from .cluster import Gateway, read_gateway
@@ -106,6 +112,10 @@ def _tunneling(tunneling: Message) -> tuple[str, tuple[tuple[str, str], ...]]:
             raise BootstrapError(error.option, f"{error.expected}, got {len(value)} characters") from None
         if name.lower() == "host":
             raise BootstrapError(header.at("key"), "host cannot be overridden (Envoy refuses it too)")
+        try:
+            parse_connect_header_name(header.at("key"), name, proxy_headers=True)
+        except ConfigError as error:
+            raise BootstrapError(error.option, f"{error.expected}, got {show(name)}") from None
         if "%" in value:
             raise BootstrapError(
                 header.at("value"), "command operators (%...%): not supported, expected a fixed value"

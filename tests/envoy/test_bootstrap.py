@@ -123,6 +123,7 @@ REFUSALS: list[tuple[str, Callable[[Document], None], str]] = [
     ("hostname without port", lambda d: tunneling_of(d).update(hostname="api.example.com"), f"{TCP}.tunneling_config.hostname: expected HOST:PORT"),
     ("header injection", lambda d: tunneling_of(d)["headers_to_add"][0]["header"].update(value="a\r\nX-Evil: 1"), f"{TCP}.tunneling_config.headers_to_add[0].header.value: a non-empty HTTP header value"),
     ("host header", lambda d: tunneling_of(d)["headers_to_add"][0]["header"].update(key="Host"), f"{TCP}.tunneling_config.headers_to_add[0].header.key: host cannot be overridden"),
+    ("framing header", lambda d: tunneling_of(d)["headers_to_add"][0]["header"].update(key="Content-Length"), f"{TCP}.tunneling_config.headers_to_add[0].header.key: a header name other than Host, Content-Length"),
     ("no tunnel, no PROXY", lambda d: tcp_proxy_of(d).pop("tunneling_config"), f"{TCP}.tunneling_config: required"),
     ("weighted clusters", lambda d: tcp_proxy_of(d).update(weighted_clusters={"clusters": [{"name": "kube_apiserver", "weight": 1}]}), f"{TCP}.weighted_clusters: not supported"),
     ("max duration", lambda d: tcp_proxy_of(d).update(max_downstream_connection_duration="10s"), f"{TCP}.max_downstream_connection_duration: not supported"),
