@@ -144,6 +144,9 @@ class ProxyConfig:
     vip: VIPConfig | None = None
     monitoring: MonitoringConfig | None = None
     drain_timeout: float = 20.0
+    # A Unix socket path for handing the listener over between this process and its successor (rolling
+    # updates, see `apiproxy.handover`); None: no handover, bind as usual.
+    handover_socket: str | None = None
 
 
 # --- parsers -------------------------------------------------------------------------------------------
