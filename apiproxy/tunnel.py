@@ -171,7 +171,7 @@ class TunnelContext:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         if self.config.splice and splice.AVAILABLE:
-            self.splicer = Splicer(loop)
+            self.splicer = Splicer(loop, unsent_limit=self.config.buffer_size)
 
     # --- admission -----------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import socket
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 import uvloop
 
-from apiproxy.splice import SplicePump
+from apiproxy.splice import SplicePump, _limit_unsent
 
 
 @dataclass
@@ -49,7 +50,7 @@ def rig() -> Iterator[Rig]:
     moved: list[int] = []
     events: list[str] = []
     pump = SplicePump(
-        loop, fds, moved.append, lambda: events.append("eof"),
+        loop, fds, fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ), moved.append, lambda: events.append("eof"),
         lambda error: events.append(f"read error {error.errno}"),
         lambda error: events.append(f"write error {error.errno}"),
     )  # fmt: skip
@@ -144,3 +145,25 @@ def test_close_closes_the_pumps_descriptors(rig: Rig) -> None:
         with pytest.raises(OSError, match="Bad file descriptor"):
             os.fstat(fd)
     rig.pump.close()  # twice is fine
+
+
+def test_the_destination_takes_no_more_than_the_unsent_limit() -> None:
+    """TCP_NOTSENT_LOWAT on the destination: the pump keeps at most `unsent_limit` bytes waiting in its send
+    queue (the kernel stops taking bytes beyond it) instead of as much as autotuning allows."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        _limit_unsent(client.fileno(), 32768)
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 32768
+        client.setblocking(False)
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            while sent < 64 * 1024 * 1024:
+                sent += client.send(b"x" * 65536)
+        # The receiver never reads: what it has not taken waits, bounded by its window and the limit
+        # (give or take one 64 KiB segment), far below what autotuning lets the send queue grow to.
+        assert sent < 1024 * 1024, sent  # without the limit: ~3.9 MiB here
+    finally:
+        for sock in (client, server, listener):
+            sock.close()
