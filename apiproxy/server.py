@@ -1,17 +1,22 @@
 """The listener: accepts client connections, admits them up to the connection limit, and drains.
 
 `ProxyServer` owns what all tunnels share (`TunnelContext`: configuration, the CONNECT request bytes,
-the dialer, the set of open tunnels, the observer). Shutdown follows the usual order: stop accepting,
-let open tunnels finish up to a deadline, abort the rest.
+the dialer, the set of open tunnels, the observer). The drain starts at SIGTERM or when a successor has
+taken the listener over, whichever comes first: the process says it is not ready, keeps accepting until
+the listener is handed over or the deadline passes (on a node-local VIP nobody steers new connections
+elsewhere, so refusing them protects nothing), lets open tunnels finish up to that deadline, and cuts the
+rest. The listener's socket can also come from a predecessor (`adopt`) instead of `bind`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from typing import Any
 
+from .addresses import peer
 from .config import ConfigError, ListenerConfig, TunnelConfig
 from .reasons import Reason
 from .tunnel import Tunnel, TunnelContext, TunnelObserver
@@ -37,6 +42,8 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._socket: socket.socket | None = None
         self.address: tuple[Any, ...] | None = None
+        # Loop time the drain began (SIGTERM or handover); its deadline counts from here.
+        self.drain_started: float | None = None
 
     @property
     def observer(self) -> TunnelObserver:
@@ -48,7 +55,15 @@ class ProxyServer:
 
     @property
     def bound(self) -> bool:
+        """Accepting on the listener (until it is handed over or closed at the end of the drain)."""
         return self._server is not None and self._server.is_serving()
+
+    def listener_fileno(self) -> int | None:
+        """The listening socket's descriptor while accepting, for a handover; None once it is closed."""
+        if not self.bound:
+            return None
+        assert self._server is not None
+        return int(self._server.sockets[0].fileno())
 
     @property
     def tunnels(self) -> set[Tunnel]:
@@ -77,7 +92,26 @@ class ProxyServer:
             self._socket = await self._listening_socket()
             self.address = self._socket.getsockname()
 
-    async def _listening_socket(self) -> socket.socket:
+    async def adopt(self, sock: socket.socket) -> str | None:
+        """Take `sock`, a listening socket handed over by a predecessor, as this server's listener, if it is
+        what `bind` would have bound (family, address, port). Else say why not and leave it alone."""
+        family, sockaddr = await self._listen_address()
+        try:
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            bound = sock.getsockname()
+        except OSError as error:
+            return f"the socket received is unusable ({error.strerror or error})"
+        if sock.family != family or sock.type != socket.SOCK_STREAM or not listening:
+            return f"the socket received is not a listening TCP socket of the family of {self.listener_config.listen}"
+        if ipaddress.ip_address(bound[0]) != ipaddress.ip_address(sockaddr[0]) or bound[1] != sockaddr[1]:
+            return f"it listens on {peer(bound)}, this process on {peer(sockaddr)}"
+        sock.setblocking(False)
+        self._socket = sock
+        self.address = bound
+        return None
+
+    async def _listen_address(self) -> tuple[int, tuple[Any, ...]]:
+        """The family and socket address `--listen` resolves to (the first answer, as bind uses)."""
         listen = self.listener_config.listen
         loop = asyncio.get_running_loop()
         try:
@@ -89,6 +123,11 @@ class ProxyServer:
                 "--listen", str(listen), f"an address this host can resolve ({error.strerror})"
             ) from None
         family, _, _, _, sockaddr = infos[0]
+        return family, sockaddr
+
+    async def _listening_socket(self) -> socket.socket:
+        listen = self.listener_config.listen
+        family, sockaddr = await self._listen_address()
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -104,22 +143,42 @@ class ProxyServer:
         sock.setblocking(False)
         return sock
 
-    def stop_accepting(self) -> None:
-        """Close the listener; open tunnels go on. New connections meanwhile are refused as draining."""
+    def begin_drain(self) -> None:
+        """Not ready from now on (/ready 503); new tunnels are still admitted while the listener is open."""
         self.context.draining = True
+        if self.drain_started is None:
+            self.drain_started = asyncio.get_running_loop().time()
+
+    def stop_accepting(self) -> None:
+        """Close this process's copy of the listener (handed over, or the drain is over); open tunnels go on."""
+        self.begin_drain()
         if self._server is not None:
             self._server.close()
 
-    async def drain(self, timeout: float) -> int:
-        """Stop accepting, wait up to `timeout` s for open tunnels to end, abort the rest. Returns that count."""
-        self.stop_accepting()
+    async def drain(self, timeout: float, *, successor_expected: bool = False) -> int:
+        """Drain up to `timeout` s from its start, then cut the tunnels left. Returns how many were cut.
+
+        New tunnels are served while the listener is open. The drain ends early once no tunnel is left and
+        no successor is awaited: none is expected (no handover socket), or one has taken the listener. A
+        process that expects a successor keeps serving until then or the deadline, even with no tunnel open
+        (`kubectl delete` of the pod: every new connection is still served until the deadline).
+        """
+        self.begin_drain()
+        assert self.drain_started is not None
         context = self.context
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = self.drain_started + timeout
         if context.tunnels:
-            log.info("draining %d open tunnels (up to %gs)", len(context.tunnels), timeout)
-        while context.tunnels and loop.time() < deadline:
+            left = round(max(0.0, deadline - loop.time()), 1)
+            log.info("draining %d open tunnels (up to %gs)", len(context.tunnels), left)
+        if self.bound:
+            awaiting = "a successor takes the listener over" if successor_expected else "no tunnel is left"
+            log.info("draining: accepting new tunnels until %s or the deadline", awaiting)
+        while loop.time() < deadline:
+            if not context.tunnels and not (successor_expected and self.bound):
+                break
             await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        self.stop_accepting()
         remaining = list(context.tunnels)
         for tunnel in remaining:
             tunnel.end(Reason.DRAIN_TIMEOUT)
