@@ -1,8 +1,11 @@
 """Running the proxy: the uvloop event loop, signals, and the order of start-up and shutdown.
 
-Start: bind the listener, then serve. SIGTERM/SIGINT: stop accepting, drain open tunnels up to the drain
-timeout, exit 0; a second signal exits at once with 1. Background services (VIP reconciler, monitoring)
-are started and stopped around the server through `Service`.
+Start: take the listener over from a running process (`--handover-socket`) or bind it, then serve.
+SIGTERM/SIGINT: drain (not ready, still serving until a successor has the listener or the drain timeout),
+exit 0; a second signal exits at once with 1. A process whose listener a successor took over drains its
+tunnels, then waits for its SIGTERM (exiting earlier would have the kubelet restart it, and the restarted
+process take the listener back). Background services (VIP reconciler, monitoring) are started and stopped
+around the server through `Service`.
 """
 
 from __future__ import annotations
@@ -13,11 +16,16 @@ import os
 import resource
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import uvloop
 
-from .config import ProxyConfig
+from .config import ConfigError, ProxyConfig
+from .handover import Record
+from .handover.giver import Giver
+from .handover.taker import Inherited, request_listener
 from .server import ProxyServer
 
 log = logging.getLogger(__name__)
@@ -95,42 +103,140 @@ class Shutdown:
         self.requested.set()
 
 
+def _not_recorded(role: str, result: str) -> None:
+    pass
+
+
+class KeepsVIP(Service, Protocol):
+    # Why the VIP stays on exit despite --cleanup (the other process of a handover serves on it), or None.
+    kept_for: str | None
+
+
+@dataclass
+class Rollout:
+    """What a handover touches besides the listener."""
+
+    path: str
+    # Started only once the predecessor has freed the port (both want it: hostNetwork) - monitoring.
+    port_service: Service | None = None
+    # Frees that port when this process hands its listener over (blocking: run on a thread).
+    free_port: Callable[[], None] | None = None
+    vip: KeepsVIP | None = None
+    record: Record = field(default=_not_recorded)
+
+
 async def serve(
     server: ProxyServer,
     drain_timeout: float,
     services: list[Service] | None = None,
     on_serving: OnServing | None = None,
+    rollout: Rollout | None = None,
 ) -> int:
-    """Serve until a signal, then drain. Returns the exit status."""
+    """Serve until a signal (or a successor has the listener), then drain. Returns the exit status."""
     loop = asyncio.get_running_loop()
     shutdown = Shutdown(loop)
     services = services or []
     started: list[Service] = []
-    # Bind first: a listen address that cannot be used is a configuration error, reported before any
-    # service (monitoring port, VIP reconciler) has started and would have to be undone.
-    await server.bind()
+    # The listener first: a listen address that cannot be used is a configuration error, reported before
+    # any service (monitoring port, VIP reconciler) has started and would have to be undone.
+    inherited, giver = await _take_or_bind(server, rollout)
     soft, _ = raise_fd_limit()
     log.info("file descriptor limit: %d", soft)
     try:
         for service in services:
+            if inherited is not None and rollout is not None and service is rollout.port_service:
+                continue
             await service.start()
             started.append(service)
         fit_tunnels_to_descriptors(server, soft)
         await server.start()
-        shutdown.on_request.append(server.stop_accepting)
+        shutdown.on_request.append(server.begin_drain)
+        if inherited is not None and rollout is not None:
+            await inherited.confirm()
+            if rollout.port_service is not None:
+                await rollout.port_service.start()
+                started.append(rollout.port_service)
         if on_serving is not None:
             # Once bound: `apiproxy tunnel` probes the gateway here, then says it is ready (or raises).
             await on_serving(server)
-        await shutdown.requested.wait()
-        aborted = await server.drain(drain_timeout)
+        await _first_of(shutdown.requested, giver.given if giver is not None else None)
+        aborted = await server.drain(drain_timeout, successor_expected=rollout is not None)
         log.info("drained; %d tunnels were cut at the deadline", aborted)
+        if giver is not None:
+            await giver.stop()
+            if not shutdown.requested.is_set():
+                log.info(
+                    "the listener is with %s and the drain is over: waiting for SIGTERM", giver.successor
+                )
+                await shutdown.requested.wait()
     finally:
+        if giver is not None:
+            await giver.close()
+        vip = rollout.vip if rollout is not None else None
+        if (
+            vip is not None
+            and vip.kept_for is None
+            and inherited is not None
+            and inherited.predecessor_running()
+        ):
+            vip.kept_for = f"{inherited.predecessor}, which handed the listener over, still runs"
         for service in reversed(started):
             try:
                 await service.stop()
             except Exception as error:
                 log.error("stopping %s failed: %s", type(service).__name__, error)
+        if inherited is not None:
+            inherited.close()
     return 0
+
+
+async def _take_or_bind(
+    server: ProxyServer, rollout: Rollout | None
+) -> tuple[Inherited | None, Giver | None]:
+    """The listener from the process serving the handover socket, else bound here; then this process serves
+    the handover socket itself, for its own successor."""
+    if rollout is None:
+        await server.bind()
+        return None, None
+    inherited = await request_listener(rollout.path, rollout.record)
+    if inherited is not None:
+        why = await server.adopt(inherited.listener)
+        if why is not None:
+            await inherited.decline(why)
+            inherited = None
+    if inherited is None:
+        await server.bind()
+    giver = Giver(rollout.path, server.listener_fileno, partial(_let_go, server, rollout), rollout.record)
+    try:
+        await giver.open()
+    except OSError as error:
+        if inherited is not None:
+            await inherited.decline(f"its handover socket cannot be served ({error.strerror or error})")
+        raise ConfigError(
+            "--handover-socket",
+            rollout.path,
+            f"a path where a Unix socket can be created ({error.strerror or error})",
+        ) from None
+    return inherited, giver
+
+
+async def _let_go(server: ProxyServer, rollout: Rollout, successor: str) -> None:
+    """A successor accepts on the listener now: close this process's copy (the kernel socket lives on in the
+    successor), keep the VIP it serves on, and free the monitoring port for it."""
+    server.stop_accepting()
+    if rollout.vip is not None:
+        rollout.vip.kept_for = f"{successor} took the listener over"
+    if rollout.free_port is not None:
+        await asyncio.to_thread(rollout.free_port)
+
+
+async def _first_of(*events: asyncio.Event | None) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events if event is not None]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def run_proxy(config: ProxyConfig, on_serving: OnServing | None = None) -> int:
@@ -144,13 +250,18 @@ def run_proxy(config: ProxyConfig, on_serving: OnServing | None = None) -> int:
 async def _main(config: ProxyConfig, on_serving: OnServing | None = None) -> int:
     server = ProxyServer(config.listener, config.tunnel)
     services: list[Service] = []
-    vip_service = None
+    rollout = Rollout(config.handover_socket) if config.handover_socket is not None else None
     if config.monitoring is not None:
         from .monitoring import Monitoring
 
         monitoring = Monitoring(config, server)
         server.observer = monitoring.observer
         services.append(monitoring)
+        if rollout is not None:
+            from .handover.metrics import handover_counter
+
+            rollout.port_service, rollout.free_port = monitoring, monitoring.endpoint.stop
+            rollout.record = handover_counter(monitoring.native.registry)
     if config.vip is not None:
         from .vip.service import VIPService
 
@@ -158,4 +269,6 @@ async def _main(config: ProxyConfig, on_serving: OnServing | None = None) -> int
         services.append(vip_service)
         if config.monitoring is not None:
             monitoring.attach_vip(vip_service)
-    return await serve(server, config.drain_timeout, services, on_serving)
+        if rollout is not None:
+            rollout.vip = vip_service
+    return await serve(server, config.drain_timeout, services, on_serving, rollout)

@@ -4,12 +4,16 @@
 bootstrap, refuses what apiproxy cannot honour (exit 1, as Envoy exits for a bad config) and serves it with
 `run_proxy`, the runtime of `apiproxy run`. Envoy's other flags are accepted; those without a meaning here
 are logged as ignored. Flag syntax is Envoy's (TCLAP: `-c FILE`, `--flag VALUE`, `--flag=VALUE`).
+
+One setting is apiproxy's own: the handover socket of rolling updates (`apiproxy.handover`), from
+`--handover-socket` or, since Gardener's command line is fixed, the environment (APIPROXY_HANDOVER_SOCKET).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import replace
 from typing import NoReturn
@@ -17,6 +21,7 @@ from typing import NoReturn
 from .. import __version__
 from ..config import ConfigError, ProxyConfig
 from ..documents import UnreadableFile, read_text
+from ..handover import parse_socket_path
 from .bootstrap import Bootstrap, BootstrapError, read_bootstrap
 
 log = logging.getLogger("apiproxy.envoy")
@@ -70,6 +75,8 @@ LOG_LEVELS = {
     "off": logging.CRITICAL + 10,
 }
 MODES = ("serve", "validate", "init_only")
+# The handover socket from the environment: Gardener's command line for Envoy cannot take a flag.
+HANDOVER_ENV = "APIPROXY_HANDOVER_SOCKET"
 
 
 class UsageError(Exception):
@@ -102,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-unknown-static-fields", action="store_true", help="Ignore unknown fields.")
     parser.add_argument(
         "--allow-unknown-fields", action="store_true", help="Same as --allow-unknown-static-fields."
+    )
+    parser.add_argument(
+        "--handover-socket",
+        help=f"apiproxy's own: the Unix socket a rolling update hands the listener over on (or {HANDOVER_ENV}).",
     )
     parser.add_argument("--version", action="store_true", help="Print the version and exit.")
     parser.add_argument(
@@ -183,10 +194,14 @@ def run(argv: list[str]) -> int:
         print(f"configuration '{args.config_path}' OK")
         return 0
 
-    _setup_logging(args.log_level)
     config = bootstrap.config
     if args.drain_time_s is not None:
         config = replace(config, drain_timeout=float(args.drain_time_s))
+    try:
+        config = replace(config, handover_socket=_handover_socket(args))
+    except ConfigError as error:
+        return _fail(str(error))
+    _setup_logging(args.log_level)
     _log_start(args, bootstrap, config)
 
     from ..runtime import run_proxy
@@ -200,6 +215,15 @@ def run(argv: list[str]) -> int:
         return _fail(f"{where}: expected {error.expected}, got {error.value!r}")
 
 
+def _handover_socket(args: argparse.Namespace) -> str | None:
+    if args.handover_socket is not None:
+        return parse_socket_path("--handover-socket", args.handover_socket)
+    from_environment = os.environ.get(HANDOVER_ENV)
+    if from_environment is None:
+        return None
+    return parse_socket_path(HANDOVER_ENV, from_environment)
+
+
 def _log_start(args: argparse.Namespace, bootstrap: Bootstrap, config: ProxyConfig) -> None:
     """What the Envoy config became, and what of the command line and the config has no effect."""
     tunnel = config.tunnel
@@ -211,6 +235,8 @@ def _log_start(args: argparse.Namespace, bootstrap: Bootstrap, config: ProxyConf
         f" {tunnel.connect_authority}" if tunnel.connect_authority else "", headers,
         config.listener.max_connections, tunnel.buffer_size, tunnel.idle_timeout, config.drain_timeout,
     )  # fmt: skip
+    if config.handover_socket is not None:
+        log.info("handover socket: %s (rolling updates hand the listener over there)", config.handover_socket)
     ignored_flags = _ignored_flags(args)
     if ignored_flags:
         log.info("Envoy flags without meaning for apiproxy, ignored: %s", " ".join(ignored_flags))

@@ -33,6 +33,8 @@ class VIPService:
         self._present = False
         self.passes = 0
         self.failed_passes = 0
+        # Why the VIP stays on exit despite cleanup: the other process of a listener handover serves on it.
+        self.kept_for: str | None = None
 
     @property
     def present(self) -> bool:
@@ -82,7 +84,7 @@ class VIPService:
             )
 
     async def stop(self) -> None:
-        """Stop the keeper; with cleanup, remove the VIP, a link we created, and the rules.
+        """Stop the keeper; with cleanup, remove the VIP, a link we created, and the rules (unless `kept_for`).
 
         Raises `CleanupError` if the cleanup failed (after closing everything)."""
         self.keeper.stop()
@@ -90,7 +92,9 @@ class VIPService:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
         try:
-            if self.config.cleanup:
+            if self.config.cleanup and self.kept_for is not None:
+                log.info("VIP %s kept on %s: %s", self.config.address, self.config.interface, self.kept_for)
+            elif self.config.cleanup:
                 self._present = False
                 changes = await asyncio.to_thread(self.keeper.reconciler.cleanup)
                 log.info("VIP %s cleaned up from %s: %s", self.config.address, self.config.interface,
