@@ -20,6 +20,7 @@ import yaml
 from apiproxy.cli.options import TunnelOptions
 from apiproxy.config import ConfigError, TunnelConfig
 from apiproxy.envoy.bootstrap import read_bootstrap
+from apiproxy.handover import parse_socket_path
 from apiproxy.vip.options import build_vip
 from apiproxy.vip.sidecar import build_config, parse_flags
 
@@ -121,16 +122,17 @@ def test_the_pod_is_what_gardener_nodes_expect(values: str) -> None:
         cpu, memory = GARDENER_REQUESTS[name]
         assert container["resources"]["requests"] == {"cpu": cpu, "memory": memory}, name
     proxy = containers(manifests)["proxy"]
-    assert proxy["ports"] == [
-        {"name": "metrics", "containerPort": 16910, "hostPort": 16910, "protocol": "TCP"}
-    ]
+    # Loopback: the kubelet shares the node's network namespace with this hostNetwork pod, and the endpoint
+    # keeps connection slots for loopback sources that pods cannot take; it listens on 0.0.0.0 too.
     readiness, liveness = proxy["readinessProbe"], proxy["livenessProbe"]
-    assert readiness["httpGet"] == liveness["httpGet"] == {"path": "/ready", "port": 16910}
+    assert (
+        readiness["httpGet"] == liveness["httpGet"] == {"host": "127.0.0.1", "path": "/ready", "port": 16910}
+    )
     assert (readiness["periodSeconds"], readiness["timeoutSeconds"]) == (2, 1)
     assert (liveness["periodSeconds"], liveness["timeoutSeconds"]) == (10, 1)
     service = manifests["Service/apiserver-proxy"]["spec"]
     assert service["clusterIP"] == "None"
-    assert service["ports"][0]["name"] == "metrics"
+    assert service["ports"] == [{"name": "metrics", "port": 16910, "targetPort": 16910, "protocol": "TCP"}]
     assert service["selector"].items() <= pod_labels(daemonset).items()
 
 
@@ -186,7 +188,11 @@ def test_gardener_compatible_is_gardeners_layout_with_each_container_holding_onl
         "/etc/apiserver-proxy/envoy.yaml",
     ]
     mounts = {m["name"]: m["mountPath"] for m in proxy["volumeMounts"]}
-    assert mounts == {"envoy-config": "/etc/apiserver-proxy", "admin-uds": "/etc/admin-uds"}
+    assert mounts == {
+        "envoy-config": "/etc/apiserver-proxy",
+        "admin-uds": "/etc/admin-uds",
+        "handover": "/var/run/apiserver-proxy",
+    }
 
 
 def test_the_envoy_config_map_is_immutable_and_named_by_its_content() -> None:
@@ -336,6 +342,8 @@ def test_both_modes_keep_the_same_vip(vip: dict[str, str]) -> None:
     """The sidecar's flags (gardenerCompatible) and `apiproxy run`'s (allInOne) give the same VIPConfig."""
     strings = {k: v for k, v in vip.items() if k not in ("vip.cleanup", "vip.setupIptables")}
     sets = tuple(f"{k}={v}" for k, v in vip.items() if k in ("vip.cleanup", "vip.setupIptables"))
+    if "vip.cleanup" in vip:  # gardenerCompatible allows the sidecar's cleanup only without surge
+        sets += NO_SURGE
     sidecar = containers(render(strings={**GARDENER, **strings, "mode": "gardenerCompatible"}, sets=sets))[
         "sidecar"
     ]
@@ -352,3 +360,91 @@ def test_both_modes_keep_the_same_vip(vip: dict[str, str]) -> None:
     )
     assert from_sidecar == from_run
     assert from_run.setup_iptables is ("vip.setupIptables" in vip)
+
+
+# --- rolling updates ---------------------------------------------------------------------------------------
+
+# The fallback rollout: no surge, no handover.
+NO_SURGE = (
+    "updateStrategy.rollingUpdate.maxSurge=0",
+    "updateStrategy.rollingUpdate.maxUnavailable=1",
+    "handover.enabled=false",
+)
+
+
+def pod_spec(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = manifests["DaemonSet/apiserver-proxy"]["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.mark.parametrize("values", ["all-in-one-values.yaml", "gardener-compatible-values.yaml"])
+def test_rollouts_surge_and_the_new_pod_takes_the_listener_over(values: str) -> None:
+    """maxSurge 1 / maxUnavailable 0, the handover socket in a hostPath both pods mount, named to the proxy
+    in the environment (Gardener's Envoy command line takes no flag), and no hostPort that would keep the
+    surge pod off the node."""
+    manifests = render(values)
+    daemonset = manifests["DaemonSet/apiserver-proxy"]
+    assert daemonset["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = pod_spec(manifests)
+    proxy = containers(manifests)["proxy"]
+    assert {"name": "APIPROXY_HANDOVER_SOCKET", "value": "/var/run/apiserver-proxy/handover"} in proxy["env"]
+    assert parse_socket_path(
+        "APIPROXY_HANDOVER_SOCKET", "/var/run/apiserver-proxy/handover"
+    )  # apiproxy takes it
+    assert {"name": "handover", "mountPath": "/var/run/apiserver-proxy"} in proxy["volumeMounts"]
+    assert {
+        "name": "handover",
+        "hostPath": {"path": "/var/run/apiserver-proxy", "type": "DirectoryOrCreate"},
+    } in pod["volumes"]
+    for name, container in containers(manifests).items():
+        assert not any("hostPort" in port for port in container.get("ports", [])), name
+    # Above the drain (20s: timeouts.drain in allInOne, apiproxy's default in gardenerCompatible).
+    assert pod["terminationGracePeriodSeconds"] == 30
+
+
+def test_extra_environment_follows_the_handover_socket() -> None:
+    proxy = containers(render(strings=GARDENER, sets=("extraEnv[0].name=TZ", "extraEnv[0].value=UTC")))[
+        "proxy"
+    ]
+    assert [e["name"] for e in proxy["env"]] == ["APIPROXY_HANDOVER_SOCKET", "TZ"]
+
+
+@pytest.mark.parametrize("mode", ["allInOne", "gardenerCompatible"])
+def test_the_fallback_rollout_has_no_handover(mode: str) -> None:
+    manifests = render(strings={**GARDENER, "mode": mode}, sets=NO_SURGE)
+    assert manifests["DaemonSet/apiserver-proxy"]["spec"]["updateStrategy"]["rollingUpdate"] == {
+        "maxSurge": 0,
+        "maxUnavailable": 1,
+    }
+    proxy = containers(manifests)["proxy"]
+    assert "env" not in proxy
+    assert all(volume["name"] != "handover" for volume in pod_spec(manifests).get("volumes", []))
+
+
+@pytest.mark.parametrize(
+    ("strings", "sets", "message"),
+    [
+        ({}, ("terminationGracePeriodSeconds=20",), "terminationGracePeriodSeconds (20) must be longer than the drain (20s)"),
+        ({"timeouts.drain": "1m"}, (), "terminationGracePeriodSeconds (30) must be longer than the drain (60s)"),
+        ({"mode": "gardenerCompatible"}, ("terminationGracePeriodSeconds=15",), "must be longer than the drain (20s)"),
+        ({"mode": "gardenerCompatible"}, ("vip.cleanup=true",), "vip.cleanup with a surge rollout"),
+        ({}, ("handover.enabled=false",), "maxSurge needs handover.enabled"),
+        ({}, ("updateStrategy.rollingUpdate.maxSurge=0",), "maxSurge and maxUnavailable cannot both be 0"),
+        ({"handover.hostPath": "var/run"}, (), "handover.hostPath: Does not match pattern"),
+    ],
+)  # fmt: skip
+def test_unsafe_rollouts_are_refused_saying_why(
+    strings: dict[str, str], sets: tuple[str, ...], message: str
+) -> None:
+    result = helm_template(strings={**GARDENER, **strings}, sets=sets)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_cleanup_with_surge_is_fine_in_all_in_one() -> None:
+    """apiproxy run keeps the VIP while the other process of a handover serves on it (tests/rollout)."""
+    proxy = containers(render(strings=GARDENER, sets=("vip.cleanup=true",)))["proxy"]
+    assert "--cleanup" in flags(proxy)

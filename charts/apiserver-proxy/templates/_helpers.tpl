@@ -132,9 +132,14 @@ capabilities:
 {{- end }}
 {{- end }}
 
+{{/* The proxy's probes. Loopback: the endpoint keeps connection slots for loopback sources that pods cannot
+take, and the kubelet shares the node's network namespace with this hostNetwork pod (the metrics address
+includes 0.0.0.0:<port>). No `ports:` entry: in a hostNetwork pod it becomes a hostPort, and the scheduler
+would then keep a rollout's surge pod off the node, whose old pod holds that hostPort. */}}
 {{- define "apiserver-proxy.probes" -}}
 readinessProbe:
   httpGet:
+    host: 127.0.0.1
     path: /ready
     port: {{ .Values.metrics.port }}
   periodSeconds: {{ .Values.readinessProbe.periodSeconds }}
@@ -142,15 +147,55 @@ readinessProbe:
   failureThreshold: {{ .Values.readinessProbe.failureThreshold }}
 livenessProbe:
   httpGet:
+    host: 127.0.0.1
     path: /ready
     port: {{ .Values.metrics.port }}
   initialDelaySeconds: {{ .Values.livenessProbe.initialDelaySeconds }}
   periodSeconds: {{ .Values.livenessProbe.periodSeconds }}
   timeoutSeconds: {{ .Values.livenessProbe.timeoutSeconds }}
   failureThreshold: {{ .Values.livenessProbe.failureThreshold }}
-ports:
-  - name: metrics
-    containerPort: {{ .Values.metrics.port }}
-    hostPort: {{ .Values.metrics.port }}
-    protocol: TCP
+{{- end }}
+
+{{/* Rolling updates: where the handover socket lives in the container, and the checks that make a rollout
+safe. The drain must end before the kubelet's SIGKILL; in gardenerCompatible mode the sidecar takes no part
+in the handover, so its --cleanup would remove the VIP under the new pod of a surge rollout. */}}
+{{- define "apiserver-proxy.handoverDirectory" -}}/var/run/apiserver-proxy{{- end }}
+
+{{- define "apiserver-proxy.surges" -}}
+{{- $rolling := .Values.updateStrategy.rollingUpdate | default dict }}
+{{- if and (eq (.Values.updateStrategy.type | default "RollingUpdate") "RollingUpdate") $rolling.maxSurge (ne (toString $rolling.maxSurge) "0") (ne (toString $rolling.maxSurge) "0%") }}true{{ end }}
+{{- end }}
+
+{{- define "apiserver-proxy.checkRollout" -}}
+{{- $rolling := .Values.updateStrategy.rollingUpdate | default dict }}
+{{- if and (hasKey $rolling "maxSurge") (hasKey $rolling "maxUnavailable") (eq (toString $rolling.maxSurge | trimSuffix "%") "0") (eq (toString $rolling.maxUnavailable | trimSuffix "%") "0") }}
+{{- fail "updateStrategy.rollingUpdate: maxSurge and maxUnavailable cannot both be 0 (Kubernetes refuses it)" }}
+{{- end }}
+{{- $drain := 20.0 }}
+{{- if ne .Values.mode "gardenerCompatible" }}
+{{- $drain = include "apiserver-proxy.seconds" .Values.timeouts.drain | trimSuffix "s" | float64 }}
+{{- end }}
+{{- if le (float64 .Values.terminationGracePeriodSeconds) $drain }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be longer than the drain (%vs): the kubelet would kill the proxy mid-drain" .Values.terminationGracePeriodSeconds $drain) }}
+{{- end }}
+{{- if and (eq .Values.mode "gardenerCompatible") .Values.vip.cleanup (include "apiserver-proxy.surges" .) }}
+{{- fail "vip.cleanup with a surge rollout (updateStrategy.rollingUpdate.maxSurge) in gardenerCompatible mode: the old pod's sidecar would remove the VIP the new pod serves on; use allInOne, or maxSurge 0" }}
+{{- end }}
+{{- if and (include "apiserver-proxy.surges" .) (not .Values.handover.enabled) }}
+{{- fail "updateStrategy.rollingUpdate.maxSurge needs handover.enabled: without it the new pod's proxy cannot listen on VIP:443 beside the old one, and the rollout stalls" }}
+{{- end }}
+{{- end }}
+
+{{/* The proxy container's environment: the handover socket, then extraEnv. */}}
+{{- define "apiserver-proxy.proxyEnv" -}}
+{{- if or .Values.handover.enabled .Values.extraEnv -}}
+env:
+  {{- if .Values.handover.enabled }}
+  - name: APIPROXY_HANDOVER_SOCKET
+    value: {{ include "apiserver-proxy.handoverDirectory" . }}/handover
+  {{- end }}
+  {{- with .Values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
 {{- end }}
