@@ -153,6 +153,8 @@ class ProxyServer:
         """Close this process's copy of the listener (handed over, or the drain is over); open tunnels go on."""
         self.begin_drain()
         if self._server is not None:
+            # close(2) only drops this process's descriptor: a successor holding the same socket goes on
+            # accepting from its queue (a shutdown(2) would stop the socket for both; asyncio never calls it).
             self._server.close()
 
     async def drain(self, timeout: float, *, successor_expected: bool = False) -> int:
