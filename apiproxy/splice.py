@@ -42,8 +42,11 @@ from .addresses import peer as format_peer
 
 log = logging.getLogger(__name__)
 
-# A read at least this large means the sender is streaming faster than one read: worth a pipe.
-SPLICE_THRESHOLD = 64 * 1024
+# A tunnel reads at most this much at a time, on the Protocol relay and on a pump alike: what one direction
+# holds beside its --buffer-size is bounded by one such read (a peer that stops reading costs no more).
+READ_SIZE = 64 * 1024
+# A read that fills READ_SIZE means the sender streams faster than the tunnel reads: worth a pipe.
+SPLICE_THRESHOLD = READ_SIZE
 # Pipe rounds per readiness callback: bounded work per callback, so one bulk tunnel cannot hold the loop;
 # the loop's polls are level-triggered and call again while data is waiting.
 _ROUNDS = 8
@@ -82,6 +85,7 @@ class SplicePump:
     """Moves one direction's bytes from `src` to `dst` with splice(2). See the module docstring."""
 
     __slots__ = (
+        "_blocked_fill",
         "_capacity",
         "_dst",
         "_in_pipe",
@@ -96,7 +100,9 @@ class SplicePump:
         "_reading",
         "_src",
         "_src_eof",
+        "_stalled_checks",
         "_writing",
+        "_written_since_check",
         "closed",
     )
 
@@ -109,12 +115,18 @@ class SplicePump:
         on_eof: Callable[[], object],
         on_read_error: Callable[[OSError], None],
         on_write_error: Callable[[OSError], None],
+        blocked_fill: int = 0,
     ) -> None:
         self._loop = loop
         self._src, self._dst, self._pipe_r, self._pipe_w = fds
         self._capacity = capacity
+        # While `dst` takes nothing, the pipe is filled only this far: a destination that stops reading
+        # leaves at most this much in the pipe, which is what a stalled pump hands back (`drain`).
+        self._blocked_fill = min(blocked_fill or capacity, capacity)
         self._in_pipe = 0
         self._moved_since_check = False
+        self._written_since_check = False
+        self._stalled_checks = 0
         self._reading = False
         self._writing = False
         self._src_eof = False
@@ -159,18 +171,38 @@ class SplicePump:
         if unsent_limit:
             with contextlib.suppress(OSError):  # not TCP (a test's socket pair): nothing to bound
                 _limit_unsent(dst_fd, unsent_limit)
-        return cls(
-            loop, (src_fd, dst_fd, pipe_r, pipe_w), size, on_moved, on_eof, on_read_error, on_write_error
-        )
+        return cls(loop, (src_fd, dst_fd, pipe_r, pipe_w), size, on_moved, on_eof, on_read_error, on_write_error,
+                   blocked_fill=unsent_limit)  # fmt: skip
 
     def start(self) -> None:
         self._set_reading(True)
 
-    def quiet(self) -> bool:
-        """True when nothing moved since the last call and nothing is in flight: the pump can be closed and
-        the direction handed back to its transports without reordering a byte."""
+    def check(self) -> str | None:
+        """Called every CHECK_INTERVAL: "quiet" when nothing moved since the last check and nothing is in
+        flight (the pump can be closed and the direction handed back without reordering a byte); "stalled"
+        when `dst` has taken nothing for two checks in a row while bytes wait for it (a peer that stopped
+        reading: the pump hands back what it holds, see `drain`); else None."""
         moved, self._moved_since_check = self._moved_since_check, False
-        return not moved and self._in_pipe == 0 and not self.closed
+        written, self._written_since_check = self._written_since_check, False
+        if self.closed:
+            return None
+        if not moved and self._in_pipe == 0:
+            return "quiet"
+        self._stalled_checks = 0 if written or not self._writing else self._stalled_checks + 1
+        return "stalled" if self._stalled_checks >= 2 else None
+
+    def drain(self) -> bytes:
+        """The bytes still in the pipe (at most the blocked fill), read out so they can be handed to the
+        destination transport; then close the pump."""
+        data = b""
+        with contextlib.suppress(OSError):
+            while len(data) < self._in_pipe:
+                chunk = os.read(self._pipe_r, self._in_pipe - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        self.close()
+        return data
 
     def close(self) -> None:
         """Stop moving bytes and close the pump's descriptors (bytes still in the pipe are dropped: a pump is
@@ -207,7 +239,7 @@ class SplicePump:
     def _readable(self) -> None:
         """`src` has bytes: fill the pipe as far as it has room, passing them on to `dst` as it takes them."""
         for _ in range(_ROUNDS):
-            room = self._capacity - self._in_pipe
+            room = min((self._blocked_fill if self._writing else self._capacity) - self._in_pipe, READ_SIZE)
             if room <= 0:
                 break
             try:
@@ -242,7 +274,7 @@ class SplicePump:
                 self._stop()
                 self._on_eof()
         else:
-            self._set_reading(self._in_pipe < self._capacity)
+            self._set_reading(self._in_pipe < (self._blocked_fill if self._writing else self._capacity))
 
     def _flush(self) -> bool:
         """Pass the pipe's bytes to `dst` as far as it takes them; wait for it to be writable if it takes no
@@ -256,7 +288,9 @@ class SplicePump:
                 self._stop()
                 self._on_write_error(error)
                 return False
-            self._in_pipe -= written
+            if written:
+                self._in_pipe -= written
+                self._written_since_check = True
             if self._in_pipe:
                 # `dst` took less than offered: it is full (of unsent bytes, past TCP_NOTSENT_LOWAT).
                 self._set_writing(True)
@@ -265,12 +299,17 @@ class SplicePump:
         return True
 
 
-# A pump that moved nothing between two checks this far apart is closed: a direction keeps its pipe for
-# 1-2 s after a burst, so a burst that resumes soon does not pay for a new one.
+# Pumps are checked this often: one that moved nothing since the last check is closed (a direction keeps
+# its pipe for 1-2 s after a burst, so a burst that resumes soon does not pay for a new one), and one whose
+# destination took nothing for two checks is handed back with what it holds.
 CHECK_INTERVAL = 1.0
 # After a pump could not have its descriptors (EMFILE, pipe quota), tunnels stay on the Protocol relay
 # this long before trying again.
 RETRY_AFTER = 1.0
+# Pumps at once, for all tunnels: each pipe's pages count against the per-user pipe quota
+# (fs.pipe-user-pages-soft, 64 MiB by default), which the node's root user shares with every other root
+# container. 64 pipes of 256 KiB take a quarter of it; bulk tunnels beyond that use the Protocol relay.
+MAX_PUMPS = 64
 
 
 class PumpHost(Protocol):
@@ -283,7 +322,7 @@ class PumpHost(Protocol):
     def pump_moved(self, up: bool, count: int) -> None: ...
     def pump_eof(self, up: bool) -> None: ...
     def pump_failed(self, up: bool, source: bool) -> None: ...
-    def pump_released(self, up: bool) -> None: ...
+    def pump_released(self, up: bool, leftover: bytes) -> None: ...
 
 
 def _log(host: PumpHost, up: bool, what: str) -> None:
@@ -294,12 +333,18 @@ def _log(host: PumpHost, up: bool, what: str) -> None:
 
 class Splicer:
     """Moves tunnel directions onto pumps and back, for all tunnels of a listener: the hand-off happens
-    only at a clean point (nothing buffered for the destination, neither connection closing), quiet pumps
-    are handed back every CHECK_INTERVAL, and a failure to get descriptors backs off for RETRY_AFTER."""
+    only at a clean point (nothing buffered for the destination, neither connection closing), at most
+    MAX_PUMPS at once; every CHECK_INTERVAL quiet pumps are handed back, and stalled ones (a destination
+    that stopped reading) with the few bytes they hold; a failure to get descriptors backs off for
+    RETRY_AFTER."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, unsent_limit: int = 0) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, unsent_limit: int = 0, max_pumps: int = MAX_PUMPS
+    ) -> None:
         self.loop = loop
         self.unsent_limit = unsent_limit
+        self.max_pumps = max_pumps
+        self.pumps = 0
         self.retry_at = 0.0
         self.pumping: set[PumpHost] = set()
         self._check: asyncio.TimerHandle | None = None
@@ -307,7 +352,12 @@ class Splicer:
     def start(self, host: PumpHost, up: bool, src: asyncio.Transport, dst: asyncio.Transport) -> None:
         """Carry `src` -> `dst` (one direction of `host`) with a pump from now on, if it can be done now."""
         # The Protocol relay has nothing buffered for `dst`, so no byte can pass another.
-        if dst.get_write_buffer_size() or dst.is_closing() or src.is_closing():
+        if (
+            dst.get_write_buffer_size()
+            or dst.is_closing()
+            or src.is_closing()
+            or self.pumps >= self.max_pumps
+        ):
             return
         loop = self.loop
         if loop.time() < self.retry_at:
@@ -329,32 +379,42 @@ class Splicer:
             return
         src.pause_reading()  # the pump reads it from now on
         pump.start()
-        _log(host, up, "on a splice pump")
+        self.pumps += 1
         if up:
             host.up_pump = pump
         else:
             host.down_pump = pump
+        _log(host, up, "on a splice pump")
         self.pumping.add(host)
         if self._check is None:
-            self._check = loop.call_later(CHECK_INTERVAL, self._release_quiet)
+            self._check = loop.call_later(CHECK_INTERVAL, self._check_pumps)
 
-    def _release_quiet(self) -> None:
+    def _check_pumps(self) -> None:
         self._check = None
         for host in list(self.pumping):
             for up in (True, False):
                 pump = host.up_pump if up else host.down_pump
-                if pump is not None and pump.quiet():
-                    pump.close()
-                    if up:
-                        host.up_pump = None
-                    else:
-                        host.down_pump = None
-                    _log(host, up, "back on the event loop")
-                    host.pump_released(up)
+                if pump is None:
+                    continue
+                verdict = pump.check()
+                if verdict is None:
+                    continue
+                leftover = pump.drain()
+                self.pumps -= 1
+                if up:
+                    host.up_pump = None
+                else:
+                    host.down_pump = None
+                _log(
+                    host,
+                    up,
+                    "back on the event loop" + (" (its destination stopped reading)" if leftover else ""),
+                )
+                host.pump_released(up, leftover)
             if host.up_pump is None and host.down_pump is None:
                 self.pumping.discard(host)
         if self.pumping:
-            self._check = self.loop.call_later(CHECK_INTERVAL, self._release_quiet)
+            self._check = self.loop.call_later(CHECK_INTERVAL, self._check_pumps)
 
     def stop(self, host: PumpHost) -> None:
         """Close both pumps of `host` (before its transports close: a pump's duplicate descriptors would
@@ -362,5 +422,6 @@ class Splicer:
         for pump in (host.up_pump, host.down_pump):
             if pump is not None:
                 pump.close()
+                self.pumps -= 1
         host.up_pump = host.down_pump = None
         self.pumping.discard(host)

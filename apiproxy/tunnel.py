@@ -40,7 +40,7 @@ from .config import TunnelConfig, UpstreamProtocol
 from .handshake import ConnectHandshake, HandshakeError, build_connect_request
 from .proxy_protocol import encode_v2
 from .reasons import SETUP_FAILURES, Reason, Refusal
-from .splice import SPLICE_THRESHOLD, SplicePump, Splicer
+from .splice import READ_SIZE, SPLICE_THRESHOLD, SplicePump, Splicer
 from .upstream import Address, Dialer, Resolver, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,10 @@ class TunnelContext:
             else build_connect_request(config.connect_authority, config.connect_headers)
         )
         self.splicer: Splicer | None = None
+        # Every read of every tunnel lands here first (uvloop's BufferedProtocol): reads are at most
+        # READ_SIZE, where uvloop's own reads are 256 KiB, so a peer that stops reading costs a direction
+        # --buffer-size plus one such read. Copied out at once; one buffer serves the whole loop.
+        self.read_view = memoryview(bytearray(READ_SIZE))
         self.tunnels: set[Tunnel] = set()
         self.per_source: dict[str, int] = {}
         self.draining = False
@@ -236,7 +240,7 @@ class TunnelContext:
         log.warning("tunnel from %s failed (%s): %s", format_peer(tunnel.peer), tunnel.reason, detail)
 
 
-class UpstreamSide(asyncio.Protocol):
+class UpstreamSide(asyncio.BufferedProtocol):
     """The gateway connection of a tunnel, from the moment the dialer hands it over."""
 
     __slots__ = ("eof", "handshake", "head_bytes", "lost", "peer_write", "rx_bytes", "transport", "tunnel")
@@ -259,6 +263,12 @@ class UpstreamSide(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         buffer_size = self.tunnel.context.config.buffer_size
         transport.set_write_buffer_limits(high=buffer_size, low=buffer_size // 4)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.tunnel.context.read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.tunnel.context.read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         peer_write = self.peer_write
@@ -289,7 +299,7 @@ class UpstreamSide(asyncio.Protocol):
         self.tunnel.read_client()
 
 
-class Tunnel(asyncio.Protocol):
+class Tunnel(asyncio.BufferedProtocol):
     """The client connection of a tunnel, and the tunnel's record (phase, times, bytes, reason)."""
 
     __slots__ = (
@@ -386,6 +396,12 @@ class Tunnel(asyncio.Protocol):
             context.set_deadline(self, context.config.first_byte_timeout)
         else:  # configured to dial at once, as Envoy does (for protocols where the server speaks first)
             self._dial([])
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.context.read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.context.read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         peer_write = self.peer_write
@@ -598,15 +614,23 @@ class Tunnel(asyncio.Protocol):
         client_broke = up == source
         self._end(Reason.DOWNSTREAM_RESET if client_broke else Reason.UPSTREAM_RESET)
 
-    def pump_released(self, up: bool) -> None:
-        """A quiet direction is back on the Protocol relay: its source is read by its transport again."""
+    def pump_released(self, up: bool, leftover: bytes) -> None:
+        """A direction is back on the Protocol relay (it went quiet, or its destination stopped reading and
+        `leftover` is what its pump held): its source is read by its transport again, as flow control
+        allows."""
         upstream = self.upstream
         if self.phase is not Phase.RELAYING or upstream is None:
             return
         if up:
-            self.read_client()
-        elif not upstream.eof:
-            upstream.transport.resume_reading()
+            if leftover:
+                upstream.transport.write(leftover)  # may pause the client again (pause_writing)
+            if not upstream.transport.get_write_buffer_size():
+                self.read_client()
+        else:
+            if leftover:
+                self.transport.write(leftover)
+            if not upstream.eof and not self.transport.get_write_buffer_size():
+                upstream.transport.resume_reading()
 
     # --- endings --------------------------------------------------------------------------------------
 

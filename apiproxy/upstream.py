@@ -9,7 +9,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from .addresses import host_port
 from .config import DNSFamily, Endpoint, TunnelConfig
@@ -116,6 +116,15 @@ def format_address(address: Address) -> str:
     return host_port(address[1][0], address[1][1])
 
 
+class Receiver(Protocol):
+    """What `Connecting.replay` gives the recorded events to (a Protocol, or a BufferedProtocol that also
+    takes whole chunks)."""
+
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> bool | None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+
 class Connecting(asyncio.Protocol):
     """The protocol of a gateway connection while it is being dialled. It keeps what the connection reports
     until the dial has returned and `hand_over` gives it to its real protocol, so that an attempt the dialer
@@ -144,7 +153,7 @@ class Connecting(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.events.append(_Lost(exc))
 
-    def hand_over(self, protocol: asyncio.Protocol) -> asyncio.Transport:
+    def hand_over(self, protocol: asyncio.Protocol | asyncio.BufferedProtocol) -> asyncio.Transport:
         """Make `protocol` the connection's protocol (its connection_made is called). Then call `replay`."""
         transport = self.transport
         assert transport is not None
@@ -152,7 +161,7 @@ class Connecting(asyncio.Protocol):
         protocol.connection_made(transport)
         return transport
 
-    def replay(self, protocol: asyncio.Protocol) -> None:
+    def replay(self, protocol: Receiver) -> None:
         """Give `protocol` what arrived before `hand_over`. Reading resumes first, so a protocol that
         pauses while replaying stays paused."""
         events, self.events = self.events, []

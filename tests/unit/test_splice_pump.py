@@ -106,8 +106,8 @@ def test_a_full_destination_stops_reading_the_source_then_it_resumes(rig: Rig) -
     assert moved < written  # bytes wait in the source socket, unread
     rig.loop.run_until_complete(asyncio.sleep(0.1))
     assert sum(rig.moved) == moved  # and stay there while the destination is full
-    rig.pump.quiet()
-    assert not rig.pump.quiet()  # bytes wait in the pipe too: not safe to hand back
+    rig.pump.check()
+    assert rig.pump.check() != "quiet"  # bytes wait in the pipe too: not safe to hand back
     received = 0
 
     def drain() -> bool:
@@ -125,8 +125,8 @@ def test_quiet_only_after_a_check_without_traffic(rig: Rig) -> None:
     rig.pump.start()
     rig.writer.sendall(b"hello")
     rig.run_until(lambda: sum(rig.moved) == 5)
-    assert not rig.pump.quiet()  # moved since the last check
-    assert rig.pump.quiet()  # nothing since
+    assert rig.pump.check() is None  # moved since the last check
+    assert rig.pump.check() == "quiet"  # nothing since
     assert rig.reader.recv(5) == b"hello"
 
 
@@ -167,3 +167,39 @@ def test_the_destination_takes_no_more_than_the_unsent_limit() -> None:
     finally:
         for sock in (client, server, listener):
             sock.close()
+
+
+def test_a_destination_that_stops_reading_stalls_the_pump_with_little_in_its_pipe() -> None:
+    """While the destination takes nothing, the pump fills its pipe only up to the blocked fill; two checks
+    without progress make it "stalled", and `drain` gives back what it held, in order."""
+    loop = uvloop.new_event_loop()
+    writer, src = socket.socketpair()
+    dst, reader = socket.socketpair()
+    for sock in (src, dst, writer):
+        sock.setblocking(False)
+    pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    moved: list[int] = []
+    pump = SplicePump(loop, (src.detach(), dst.detach(), pipe_r, pipe_w), 256 * 1024, moved.append,
+                      lambda: None, lambda e: None, lambda e: None, blocked_fill=32 * 1024)  # fmt: skip
+    try:
+        pump.start()
+        data = os.urandom(8 * 1024 * 1024)
+        sent = 0
+        for _ in range(200):
+            with contextlib.suppress(BlockingIOError):
+                sent += writer.send(data[sent : sent + 65536])
+            loop.run_until_complete(asyncio.sleep(0.002))
+        verdicts = [pump.check() for _ in range(3)]
+        assert verdicts[-1] == "stalled", verdicts
+        received = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := reader.recv(1 << 20, socket.MSG_DONTWAIT):
+                received += chunk
+        leftover = pump.drain()
+        assert 0 < len(leftover) <= 64 * 1024  # one read (READ_SIZE); nothing more was read once blocked
+        assert received + leftover == data[: len(received) + len(leftover)]
+    finally:
+        pump.close()
+        writer.close()
+        reader.close()
+        loop.close()
