@@ -167,6 +167,7 @@ class TunnelContext:
         self.read_view = memoryview(bytearray(READ_SIZE))
         self.tunnels: set[Tunnel] = set()
         self.per_source: dict[str, int] = {}
+        # Set from SIGTERM (or a handover) on: /ready says 503; tunnels are still admitted.
         self.draining = False
         self._deadlines: set[Tunnel] = set()
         self._deadline_sweep: asyncio.TimerHandle | None = None
@@ -180,9 +181,8 @@ class TunnelContext:
     # --- admission -----------------------------------------------------------------------------------
 
     def admit(self, tunnel: Tunnel) -> Refusal | None:
-        """Count `tunnel` in, or say why it is refused."""
-        if self.draining:
-            return Refusal.DRAINING
+        """Count `tunnel` in, or say why it is refused. A draining process still admits: on a node-local VIP
+        nothing steers new connections elsewhere, so refusing them would protect nothing (see handover/)."""
         if len(self.tunnels) >= self.max_connections:
             return Refusal.OVERFLOW
         source = tunnel.peer[0] if tunnel.peer is not None else ""

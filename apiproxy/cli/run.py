@@ -20,6 +20,7 @@ from ..config import (
     parse_endpoint,
     parse_int,
 )
+from ..handover import parse_socket_path
 from ..vip.options import build_vip, parse_vip
 from .options import (
     COUNT,
@@ -207,6 +208,15 @@ def register(app: typer.Typer) -> None:
             str,
             option("--log-format", env="LOG_FORMAT", metavar="[text|json]", help="Application log format."),
         ] = "text",
+        handover_socket: Annotated[
+            str | None,
+            option(
+                "--handover-socket",
+                env="HANDOVER_SOCKET",
+                metavar="PATH",
+                help="Unix socket where a rolling update hands the listener over to the successor process.",
+            ),
+        ] = None,
     ) -> int:
         """Serve the node proxy: accept on the VIP and tunnel each connection to the seed gateway."""
         from .. import logs
@@ -231,8 +241,12 @@ def register(app: typer.Typer) -> None:
         drain = parse_duration("--drain-timeout", drain_timeout, allow_zero=True)
         if log_format not in ("text", "json"):
             raise ConfigError("--log-format", log_format, "text or json")
-        config = ProxyConfig(
-            listener=listener, tunnel=tunnel, vip=vip_config, monitoring=monitoring, drain_timeout=drain
+        handover = (
+            parse_socket_path("--handover-socket", handover_socket) if handover_socket is not None else None
         )
+        config = ProxyConfig(
+            listener=listener, tunnel=tunnel, vip=vip_config, monitoring=monitoring, drain_timeout=drain,
+            handover_socket=handover,
+        )  # fmt: skip
         logs.setup(verbose, log_format)
         return run_proxy(config)

@@ -1,17 +1,16 @@
 """Cases 7 and 8: a slow reader behind a fast writer (memory stays bounded by the buffer limits, nothing is
-lost), and SIGTERM under load (open tunnels drain intact, new ones are refused, exit 0). Both through the
-real Envoy gateway to the echo backend."""
+lost), and SIGTERM under load (open tunnels drain intact, new ones are still served, exit 0). Both through
+the real Envoy gateway to the echo backend."""
 
 from __future__ import annotations
 
 import signal
-import socket
 import time
 
 import pytest
 
 from .conftest import Lab
-from .lab import Proxy, ReadyWatch, Stream, expect_closed, settled, wait_for
+from .lab import Proxy, ReadyWatch, Stream, expect_closed, roundtrip, settled, wait_for
 
 MIB = 1 << 20
 
@@ -41,8 +40,9 @@ def test_slow_reader_fast_writer(lab: Lab) -> None:
 
 @pytest.mark.envoy
 def test_sigterm_under_load(lab: Lab) -> None:
-    """SIGTERM while 6 tunnels stream data: /ready turns 503 at once, new connections are refused, the
-    open tunnels finish intact, the process exits 0 before the drain deadline."""
+    """SIGTERM while 6 tunnels stream data: /ready turns 503 at once, new connections are still served (on a
+    node-local VIP nothing would steer them elsewhere), the open tunnels finish intact, the process exits 0
+    before the drain deadline once they have (no successor awaited: no --handover-socket)."""
     proxy = Proxy(lab.net, f"127.0.0.1:{lab.envoy_port}", "--drain-timeout", "20s").start()
     try:
         streams = [Stream(proxy.address, seed=seed) for seed in range(6)]
@@ -52,8 +52,7 @@ def test_sigterm_under_load(lab: Lab) -> None:
             proxy.process.signal(signal.SIGTERM)
             wait_for(lambda: any(o == 503 for _, o in ready.samples), 2, "/ready 503 after SIGTERM")
             not_ready_after = time.monotonic() - signalled
-            with pytest.raises(ConnectionRefusedError):
-                socket.create_connection(proxy.address, timeout=5).close()
+            roundtrip(proxy.address)  # a new tunnel while draining: served
             time.sleep(0.5)
             assert proxy.process.process is not None and proxy.process.process.poll() is None
             moved = [stream.finish() for stream in streams]  # each checks its bytes came back intact

@@ -143,7 +143,10 @@ def test_rollout_without_a_successor_serves_until_the_deadline(site: Site) -> No
         time.sleep(1.0)
         old.signal(signal.SIGTERM)
         signalled = time.monotonic()
-        # /ready says so throughout the drain, while the process keeps serving.
+        # /ready says so from the signal's handling on (a probe may still see 200 before), throughout the
+        # drain, while the process keeps serving.
+        while ready(site.metrics_port)[0] == 200 and time.monotonic() < signalled + 1.0:
+            time.sleep(0.02)
         while (
             old.process is not None
             and old.process.poll() is None
