@@ -10,7 +10,7 @@ A tunnel's life is a line of phases:
 
   WAITING    accepted; nothing is dialled until the client's first bytes (a TLS client sends its
              ClientHello at once), so a silent connection costs no gateway or API-server connection
-  DIALING    first bytes held, client reading paused; connecting to the gateway (`upstream.Dialer`)
+  DIALING    first bytes held (reading stops if 64 KiB pile up); connecting to the gateway (`upstream.Dialer`)
   ANSWERING  the CONNECT request sent; reading the answer (`handshake.py`)
   RELAYING   2xx read: held bytes sent, both directions relayed; half-close carried each way
   ENDING     the first cause of the end has set `reason` and acted on both connections (ENDINGS below)
@@ -311,6 +311,7 @@ class Tunnel(asyncio.BufferedProtocol):
         "down_pump",
         "ended_at",
         "established_at",
+        "held",
         "idle_mark",
         "idle_quiet",
         "lingered",
@@ -341,6 +342,7 @@ class Tunnel(asyncio.BufferedProtocol):
         self.peer_write: Callable[[bytes], None] | None = None
         # Client bytes read before the gateway's 2xx (one read: reading is paused after it).
         self.pending: list[bytes] | None = None
+        self.held = 0  # bytes in `pending`, counted
         self.up_pump: SplicePump | None = None
         self.down_pump: SplicePump | None = None
         self.setup: asyncio.Task[None] | None = None
@@ -417,10 +419,9 @@ class Tunnel(asyncio.BufferedProtocol):
             self.context.clear_deadline(self)
             self._dial([data])
         elif phase < Phase.RELAYING:
-            # uvloop may deliver a read it had under way when reading was paused: hold it too.
             assert self.pending is not None
             self.pending.append(data)
-            self.transport.pause_reading()
+            self._hold(len(data))
         else:
             self._discard(data)
 
@@ -467,9 +468,16 @@ class Tunnel(asyncio.BufferedProtocol):
 
     # --- reaching the gateway -------------------------------------------------------------------------
 
+    def _hold(self, count: int) -> None:
+        # Client bytes before the 2xx wait in `pending`; reading stops only once READ_SIZE is held (a TLS
+        # client sends its ClientHello and waits: pausing and resuming would cost two system calls).
+        self.held += count
+        if self.held >= READ_SIZE and self.held - count < READ_SIZE:
+            self.transport.pause_reading()
+
     def _dial(self, pending: list[bytes]) -> None:
         self.pending = pending
-        self.transport.pause_reading()
+        self._hold(sum(map(len, pending)))
         self.phase = Phase.DIALING
         self.setup = setup = self.context.loop.create_task(self._open_gateway())
         setup.add_done_callback(self._setup_done)
@@ -556,7 +564,7 @@ class Tunnel(asyncio.BufferedProtocol):
         if self.client_eof:
             if gateway.can_write_eof():
                 gateway.write_eof()
-        else:
+        elif self.held >= READ_SIZE:
             client.resume_reading()
         self.context.observer.tunnel_established(self)
 

@@ -221,8 +221,8 @@ def test_nothing_is_dialled_before_the_first_byte_and_no_byte_passes_the_answer(
     assert world.dialer.calls == 0
     client.send(b"hello")
     world.step()
-    assert world.dialer.calls == 1 and not client.reading
-    client.send(b" again")  # held: reading is paused until the 2xx
+    assert world.dialer.calls == 1
+    client.send(b" again")  # held until the 2xx
     gateway = world.dialer.succeed()
     world.step()
     assert bytes(gateway.written) == world.context.connect_request
@@ -231,6 +231,24 @@ def test_nothing_is_dialled_before_the_first_byte_and_no_byte_passes_the_answer(
     assert bytes(gateway.written) == world.context.connect_request + b"hello again"
     assert bytes(client.written) == b"server first"
     assert [e for e, _ in world.observer.events] == ["opened", "established"]
+
+
+def test_a_client_that_piles_up_bytes_before_the_answer_is_paused_at_64_kib(world: World) -> None:
+    _tunnel, client = world.accept()
+    client.send(b"x" * 40_000)
+    world.step()
+    assert client.reading  # a ClientHello: nothing to pause for
+    client.send(b"y" * 40_000)
+    assert not client.reading  # 64 KiB held: no more until the 2xx
+    client.send(b"z" * 1000)  # stays in the (fake) socket
+    gateway = world.dialer.succeed()
+    world.step()
+    gateway.send(OK)
+    world.step()
+    assert client.reading
+    assert (
+        bytes(gateway.written) == world.context.connect_request + b"x" * 40_000 + b"y" * 40_000 + b"z" * 1000
+    )
 
 
 def test_a_refusing_gateway_closes_the_client_with_a_lingering_close(world: World) -> None:
