@@ -9,9 +9,7 @@ Optionally a second route on `Reversed-VPN` emulates the legacy port 8132.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .processes import stop
 
 DESTINATION_PATTERN = (
     r"^(outbound\|(1194\|\|vpn-seed-server(-[0-4])?|443\|\|kube-apiserver)\..*\.svc\.cluster\.local"
@@ -198,14 +198,8 @@ class EnvoyProcess:
             return ""
 
     def stop(self) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(5)
+        if self.process is not None:
+            stop(self.process, grace=5)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

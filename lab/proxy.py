@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .processes import stop
+
 
 class ApiproxyProcess:
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None, ready_text: str = "listening on",
@@ -61,17 +63,7 @@ class ApiproxyProcess:
         return self.process.wait(timeout)
 
     def stop(self, grace: float = 10.0) -> int | None:
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(5)
-        return process.returncode
+        return stop(self.process, grace) if self.process is not None else None
 
     def cleanup(self) -> None:
         self.stop()

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from typing import Any
 import yaml
 
 from lab.gateway import envoy_binary
+from lab.processes import stop
 
 APIPROXY_ENVOY = str(Path(sys.executable).with_name("apiproxy-envoy"))
 KINDS = ("envoy", "apiproxy")
@@ -85,10 +84,4 @@ def node_proxy(
             time.sleep(0.05)
         yield node
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(5)
+        stop(process, grace=15)
