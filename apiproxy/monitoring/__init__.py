@@ -13,16 +13,13 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-import prometheus_client
-from prometheus_client import generate_latest
-
 from ..addresses import host_port
 from ..config import ConfigError, ProxyConfig
-from .access_log import FormatError, TunnelRecord, compile_format
-from .envoy_stats import EnvoyStats, listener_address_label
+from .access_log import FormatError, compile_format
+from .envoy_stats import ENVOY_BUCKETS_MS, EnvoyStats, listener_address_label
 from .http import BindError, MonitoringEndpoint
 from .line_writer import LineWriter
-from .metrics import NativeMetrics
+from .metrics import NativeMetrics, text_exposition
 from .observer import MonitoringObserver
 
 if TYPE_CHECKING:
@@ -36,9 +33,6 @@ log = logging.getLogger(__name__)
 # How often the bytes of long-lived tunnels are published (a watch can stay open for an hour).
 PUBLISH_INTERVAL = 5.0
 
-# Counters get no `_created` series: Envoy has none, and they double the size of a scrape for nothing.
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-
 
 class Monitoring:
     def __init__(self, config: ProxyConfig, server: ProxyServer) -> None:
@@ -48,35 +42,36 @@ class Monitoring:
         self.config = monitoring
         self.server = server
         self.vip: VIPService | None = None
-        self.native = NativeMetrics()
         listen = config.listener.listen
+        envoy_names = monitoring.envoy_compatible_metrics
+        self.native = NativeMetrics(ENVOY_BUCKETS_MS if envoy_names else ())
         self.envoy: EnvoyStats | None = None
-        if monitoring.envoy_compatible_metrics:
+        if envoy_names:
             self.envoy = EnvoyStats(
+                self.native,
                 monitoring.envoy_cluster_name,
                 monitoring.envoy_stat_prefix,
                 listener_address_label(listen.host, listen.port),
+                connect_request_bytes=len(server.context.connect_request),
+                resolved_at_start=config.tunnel.upstream.ip is not None,
             )
-            if config.tunnel.upstream.ip is not None:
-                # Envoy's cluster "resolves" an address literal once at start; our resolver never asks.
-                self.envoy.cluster_update_attempt = 1
         self.access_log: LineWriter | None = None
-        self._format_line = None
         if monitoring.access_log_format is not None:
             try:
-                self._format_line = compile_format(monitoring.access_log_format)
+                format_line = compile_format(monitoring.access_log_format)
             except FormatError as error:
                 raise ConfigError(
                     "access log format",
                     monitoring.access_log_format,
                     f"an Envoy access-log format with TCP commands only ({error})",
                 ) from None
-            self.access_log = LineWriter(sys.stdout)
+            # Records are formatted on the writer's thread, not on the event loop.
+            self.access_log = LineWriter(sys.stdout, format_line)
         self.observer = MonitoringObserver(
             server.context,
             self.native,
             self.envoy,
-            self._log_tunnel if self.access_log is not None else None,
+            self.access_log.write if self.access_log is not None else None,
             monitoring.envoy_cluster_name,
             (listen.host, listen.port),
         )
@@ -110,7 +105,7 @@ class Monitoring:
         return None
 
     def exposition(self) -> bytes:
-        text = generate_latest(self.native.registry)
+        text = text_exposition(self.native.registry)
         if self.envoy is not None:
             text += self.envoy.render().encode()
         return text
@@ -147,7 +142,3 @@ class Monitoring:
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL)
             self.observer.publish_open()
-
-    def _log_tunnel(self, record: TunnelRecord) -> None:
-        assert self._format_line is not None and self.access_log is not None
-        self.access_log.write(self._format_line(record))

@@ -1,8 +1,13 @@
 """The 17 Envoy metric names Gardener's Prometheus keeps, moved as Envoy moves them, in Envoy's exposition.
 
 Envoy's names break Prometheus conventions (counters without `_total`, `_ms` histograms), and
-prometheus-client insists on those conventions, so this module keeps the figures and writes the text
-itself, exactly as Envoy's `/stats/prometheus` does (`# TYPE` lines, no `# HELP`). No I/O here.
+prometheus-client insists on those conventions, so this module writes the text itself, exactly as
+Envoy's `/stats/prometheus` does (`# TYPE` lines, no `# HELP`). No I/O here.
+
+Most figures are counted once, by the native metrics, and read from there at scrape time (an admitted
+connection is `apiproxy_tunnels_opened_total` and both `*_downstream_cx_total`); kept here are only the
+upstream connection times in Envoy's millisecond buckets and the bytes of the gateway's CONNECT answers;
+the connection lengths are the native tunnel durations (`Durations`, which keeps Envoy's bounds too).
 
 How each figure moves was measured against Envoy 1.40 running Gardener's config in front of the lab
 gateway (tests/monitoring/test_envoy_parity.py repeats the comparison):
@@ -18,10 +23,9 @@ gateway (tests/monitoring/test_envoy_parity.py repeats the comparison):
 
 from __future__ import annotations
 
-import threading
-from bisect import bisect_left
-
 from ..addresses import host_port
+from ..reasons import Reason, Refusal
+from .metrics import Histogram, NativeMetrics, escape_label_value
 
 # Envoy's default histogram bucket bounds (ms), as its Prometheus output lists them; then +Inf.
 ENVOY_BUCKETS_MS = (
@@ -58,85 +62,82 @@ def listener_address_label(host: str, port: int) -> str:
     return host_port(host, port).replace(":", "_")
 
 
-class Histogram:
-    """Cumulative buckets over ENVOY_BUCKETS_MS. Written on the event loop, read by the scrape thread."""
-
-    __slots__ = ("_lock", "count", "counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(ENVOY_BUCKETS_MS) + 1)  # per bucket, not cumulative; last is +Inf
-        self.sum = 0.0
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        index = bisect_left(ENVOY_BUCKETS_MS, value)  # first bound >= value: Prometheus' `le`
-        with self._lock:
-            self.counts[index] += 1
-            self.sum += value
-            self.count += 1
-
-    def snapshot(self) -> tuple[list[int], float, int]:
-        """Cumulative bucket counts (+Inf last), sum, count: one consistent view."""
-        with self._lock:
-            counts, total, count = list(self.counts), self.sum, self.count
-        cumulative, running = [], 0
-        for n in counts:
-            running += n
-            cumulative.append(running)
-        return cumulative, total, count
-
-
 class EnvoyStats:
-    """The figures behind the 17 names. Counters are plain ints: one writer (the loop), GIL-atomic reads."""
+    """The Envoy view of the native figures, and the few figures only Envoy has (written on the loop)."""
 
-    def __init__(self, cluster_name: str, stat_prefix: str, listener_address: str) -> None:
+    def __init__(
+        self,
+        native: NativeMetrics,
+        cluster_name: str,
+        stat_prefix: str,
+        listener_address: str,
+        connect_request_bytes: int = 0,
+        resolved_at_start: bool = False,
+    ) -> None:
+        if not set(map(float, ENVOY_BUCKETS_MS)) <= set(native.durations.bounds_ms):
+            raise ValueError(
+                "the native figures keep no durations in Envoy's buckets: NativeMetrics(ENVOY_BUCKETS_MS)"
+            )
+        self.native = native
         self.labels = {
-            "cluster": f'envoy_cluster_name="{_escape(cluster_name)}"',
-            "listener": f'envoy_listener_address="{_escape(listener_address)}"',
-            "tcp": f'envoy_tcp_prefix="{_escape(stat_prefix)}"',
+            "cluster": f'envoy_cluster_name="{escape_label_value(cluster_name)}"',
+            "listener": f'envoy_listener_address="{escape_label_value(listener_address)}"',
+            "tcp": f'envoy_tcp_prefix="{escape_label_value(stat_prefix)}"',
         }
-        self.cluster_bind_errors = 0
-        self.cluster_lb_healthy_panic = 0
-        self.cluster_update_attempt = 0
-        self.cluster_update_failure = 0
-        self.cluster_upstream_cx_none_healthy = 0
-        self.cluster_upstream_cx_rx_bytes_total = 0
-        self.cluster_upstream_cx_tx_bytes_total = 0
-        self.listener_downstream_cx_destroy = 0
-        self.listener_downstream_cx_overflow = 0
-        self.listener_downstream_cx_total = 0
-        self.tcp_downstream_cx_no_route = 0
-        self.tcp_downstream_cx_rx_bytes_total = 0
-        self.tcp_downstream_cx_total = 0
-        self.tcp_downstream_cx_tx_bytes_total = 0
-        self.cluster_upstream_cx_connect_ms = Histogram()
-        self.cluster_upstream_cx_length_ms = Histogram()
-        self.listener_downstream_cx_length_ms = Histogram()
+        # Each upstream connection made sends one CONNECT request, which Envoy's byte counter includes.
+        self.connect_request_bytes = connect_request_bytes
+        # Envoy's cluster "resolves" an address literal once at start; our resolver never asks.
+        self.update_attempts_at_start = 1 if resolved_at_start else 0
+        # Bytes of the gateway's CONNECT answers (of tunnels that reached it), counted at close.
+        self.answer_bytes = 0
+        self.cluster_upstream_cx_connect_ms = Histogram(ENVOY_BUCKETS_MS)
 
     def render(self) -> str:
         """The Prometheus text of the 17 names, as Envoy writes it (sorted by name, like Envoy)."""
+        native = self.native
+        _, listener, cluster = native.durations.views(ENVOY_BUCKETS_MS)
+        histograms = {
+            "cluster_upstream_cx_connect_ms": self.cluster_upstream_cx_connect_ms.snapshot(),
+            "cluster_upstream_cx_length_ms": cluster,
+            "listener_downstream_cx_length_ms": listener,
+        }
+        received, sent = native.received_bytes, native.sent_bytes
+        upstream_connections = histograms["cluster_upstream_cx_connect_ms"][0][-1]
+        counters = {
+            "cluster_bind_errors": 0,
+            "cluster_lb_healthy_panic": 0,
+            "cluster_update_attempt": self.update_attempts_at_start + native.dns_resolutions,
+            "cluster_update_failure": native.dns_failures,
+            # A tunnel that found no gateway address; it never connected.
+            "cluster_upstream_cx_none_healthy": native.closed.get(Reason.DNS_FAILURE, 0),
+            "cluster_upstream_cx_rx_bytes_total": sent + self.answer_bytes,
+            "cluster_upstream_cx_tx_bytes_total": received
+            + self.connect_request_bytes * upstream_connections,
+            "listener_downstream_cx_destroy": histograms["listener_downstream_cx_length_ms"][0][-1],
+            # Over the listener's limit or a source's cap; while Envoy drains, its listener sees nothing.
+            "listener_downstream_cx_overflow": sum(
+                n for refusal, n in native.rejected.copy().items() if refusal is not Refusal.DRAINING
+            ),
+            "listener_downstream_cx_total": native.opened,
+            "tcp_downstream_cx_no_route": 0,
+            "tcp_downstream_cx_rx_bytes_total": received,
+            "tcp_downstream_cx_total": native.opened,
+            "tcp_downstream_cx_tx_bytes_total": sent,
+        }
         entries: list[tuple[str, str]] = []
-        for name in COUNTERS:
+        for name, value in counters.items():
             labels = self.labels[name.split("_", 1)[0]]
-            value = getattr(self, name)
-            entries.append((name, f"# TYPE envoy_{name} counter\nenvoy_{name}{{{labels}}} {value}\n"))
-        for name in HISTOGRAMS:
+            entries.append((name, f"# TYPE envoy_{name} counter\nenvoy_{name}{{{labels}}} {int(value)}\n"))
+        for name, (cumulative, total) in histograms.items():
             labels = self.labels[name.split("_", 1)[0]]
-            histogram: Histogram = getattr(self, name)
-            cumulative, total, count = histogram.snapshot()
             lines = [f"# TYPE envoy_{name} histogram"]
             for bound, n in zip((*(_number(b) for b in ENVOY_BUCKETS_MS), "+Inf"), cumulative, strict=True):
-                lines.append(f'envoy_{name}_bucket{{{labels},le="{bound}"}} {n}')
+                lines.append(f'envoy_{name}_bucket{{{labels},le="{bound}"}} {int(n)}')
             lines.append(f"envoy_{name}_sum{{{labels}}} {_number(total)}")
-            lines.append(f"envoy_{name}_count{{{labels}}} {count}")
+            lines.append(f"envoy_{name}_count{{{labels}}} {int(cumulative[-1])}")
             entries.append((name, "\n".join(lines) + "\n"))
         return "".join(text for _, text in sorted(entries))
 
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

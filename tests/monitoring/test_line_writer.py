@@ -1,5 +1,5 @@
-"""The access log's writer thread: lines reach the stream in order, all of them at stop, and a stream
-that cannot keep up costs dropped lines (the oldest, counted exactly), not memory."""
+"""The access log's writer thread: records become lines there, reach the stream in order, all of them at
+stop, and a stream that cannot keep up costs dropped lines (the oldest, counted exactly), not memory."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_a_full_pipe_never_blocks_the_caller_and_the_queue_is_bounded() -> None:
     received: list[bytes] = []
     try:
         writer.write(big)
-        while writer._lines:
+        while writer._records:
             time.sleep(0.01)
         time.sleep(0.1)
         started = time.monotonic()
@@ -72,3 +72,43 @@ def test_every_dropped_line_is_reported_once(caplog: pytest.LogCaptureFixture) -
         "access log: 1 lines dropped (stdout too slow or closed)",
     ]
     assert (writer.queue_dropped, writer.write_failed, writer.reported) == (15, 11, 26)
+
+
+def test_records_are_rendered_on_the_writer_thread_a_batch_at_a_time() -> None:
+    stream = io.StringIO()
+    threads: set[str] = set()
+    batches: list[int] = []
+
+    def render(batch: list[int]) -> str:
+        threads.add(threading.current_thread().name)
+        batches.append(len(batch))
+        return "".join(f"record {n}\n" for n in batch)
+
+    writer = LineWriter(stream, render)
+    for n in range(500):
+        writer.write(n)  # before the thread starts: one batch
+    writer.start()
+    writer.stop()
+    assert stream.getvalue() == "".join(f"record {n}\n" for n in range(500))
+    assert threads == {"apiproxy-access-log"} and batches == [500]
+
+
+def test_a_failing_format_loses_its_batch_says_so_once_and_the_writer_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stream = io.StringIO()
+
+    def render(batch: list[str]) -> str:
+        if "bad\n" in batch:
+            raise ValueError("a bug in a format")
+        return "".join(batch)
+
+    writer = LineWriter(stream, render)
+    for batch in (["bad\n", "lost\n"], ["bad\n"], ["good\n"]):
+        for line in batch:
+            writer.write(line)
+        writer.flush()
+    assert stream.getvalue() == "good\n"
+    assert writer.write_failed == 3
+    failures = [r for r in caplog.records if r.getMessage() == "access log: a line could not be written"]
+    assert len(failures) == 1 and failures[0].exc_info is not None
