@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results["vip"] = {"skipped": reason}
             progress(f"VIP repair skipped: {reason}")
-    results["summary"] = report.summarize(results["passes"], arguments.variants, settings.idle_counts)
+    results["summary"] = report.summarize(
+        results["passes"], arguments.variants, settings.idle_counts, settings.storm_clients
+    )
     results["seconds"] = time.time() - started
     table = report.markdown(results["summary"], results.get("vip"), settings.runs)
     (arguments.output / "results.md").write_text(table)

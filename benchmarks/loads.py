@@ -1,6 +1,8 @@
 """The workloads, each bounded in count and time, all on loopback: bulk throughput (iperf3 through the
 tunnel), tunnel setup (connect, one small request/response, close, at a fixed concurrency), keep-alive
-request/response (wrk over established tunnels) and idle tunnels held open for the memory figures."""
+request/response (wrk over established tunnels), idle tunnels held open for the memory figures, and the
+reconnect storm (N clients at once, each TLS through its tunnel and one request: the load generator's
+`storm` scenario, `python -m benchmarks load`)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import json
 import re
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 RESPONSE_END = b"\r\n\r\nok"
@@ -144,6 +149,40 @@ class IdleTunnels:
         for transport in self.transports:
             transport.close()
         self.transports.clear()
+
+
+def storm(port: int, clients: int, ca_file: Path, timeout: float) -> dict[str, Any]:
+    """`clients` tunnels started at once against 127.0.0.1:`port`, each a TLS handshake through the tunnel
+    (verified as kubernetes.default.svc against `ca_file`) and one request, all held until the last is
+    answered, as pods reconnecting after an API server restart: the load generator's storm scenario in a
+    process of its own (its workers use every CPU). Returns the time until all were served, the latency per
+    tunnel from the storm's start to its answer, the failures, and the generator's verdict on itself."""
+    with tempfile.TemporaryDirectory(prefix="apiproxy-bench-storm-") as output:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks", "load", "storm", str(clients), "--target", f"127.0.0.1:{port}",
+             "--ca", str(ca_file), "--timeout", f"{timeout:g}s", "--output", output],
+            capture_output=True, text=True, timeout=timeout + 120, check=False,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+        results_file = Path(output) / "results.json"
+        if not results_file.exists():
+            raise RuntimeError(f"the storm's load generator failed: {done.stderr.strip()[-800:]}")
+        results = json.loads(results_file.read_text())
+    total = results["phases"].get("total") or {}
+    return {
+        "clients": clients,
+        "ok": results["ok"],
+        "failures": results["failed_total"],
+        "failed": results["failed"],
+        "first_failure": results["first_failure"],
+        # From the storm's start (every client's scheduled start) to the last answer.
+        "served_s": results["shards"][0]["span"]["last_setup_answer_s"],
+        "p50_ms": total.get("p50_ms"),
+        "p99_ms": total.get("p99_ms"),
+        "max_ms": total.get("max_ms"),
+        "generator_limited": results["generator"]["limited"],
+        "generator": results["generator"]["verdict"],
+    }
 
 
 _WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)

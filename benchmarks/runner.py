@@ -12,7 +12,7 @@ from typing import Any
 
 from . import loads
 from .procstat import cpu_seconds, rss_bytes
-from .topology import DEST_HTTP, DEST_IPERF, Backends, start_node
+from .topology import DEST_HTTP, DEST_IPERF, DEST_TLS, Backends, start_node
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,14 @@ class Settings:
     keepalive_connections: int = 32
     idle_counts: tuple[int, int] = (1000, 10000)
     vip_deletions: int = 7
+    storm_clients: int = 2000
+    storm_timeout: float = 30.0  # per tunnel, from the storm's start: beyond it a tunnel counts as failed
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(runs=1, bulk_seconds=1.0, setup_seconds=1.0, setup_concurrency=16, setup_max_tunnels=5000,
-                   keepalive_seconds=1.0, keepalive_connections=16, idle_counts=(200, 1000), vip_deletions=3)  # fmt: skip
+                   keepalive_seconds=1.0, keepalive_connections=16, idle_counts=(200, 1000), vip_deletions=3,
+                   storm_clients=100)  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +121,21 @@ def one_pass(variant: str, backends: Backends, settings: Settings, loop: asyncio
                     for n in settings.idle_counts
                 )
             )
+    finally:
+        node.stop()
+
+    node = start_node(variant, DEST_TLS, backends)
+    try:
+        assert backends.ca_file is not None
+        _settle(node.pid, 0.5)
+        before = _cpu(node.pid)
+        storm = loads.storm(node.port, settings.storm_clients, backends.ca_file, settings.storm_timeout)
+        cpu = _cpu(node.pid) - before if node.pid else None
+        storm["cpu_us_per_tunnel"] = cpu / storm["ok"] * 1e6 if cpu is not None and storm["ok"] else None
+        figures["storm"] = storm
+        say(f"  {variant}: storm of {storm['clients']:,}: all served after {storm['served_s'] or 0:.2f} s, "
+            f"p50 {storm['p50_ms'] or 0:.1f} ms, p99 {storm['p99_ms'] or 0:.1f} ms, max {storm['max_ms'] or 0:.1f} ms, "
+            f"{storm['failures']} failures" + ("" if not storm["generator_limited"] else f" ({storm['generator']})"))  # fmt: skip
     finally:
         node.stop()
     return figures

@@ -1,7 +1,7 @@
-"""The loopback topology: backends (a plain-HTTP answerer and an iperf3 server) behind a real Envoy seed
-gateway configured like Gardener's (circuit breakers raised for 10k tunnels), and the node proxy under test
-in front of it: apiproxy, the real Envoy on Gardener's envoy.yaml, or none (the client dials the backend).
-Every process is a child started here and ended by its PID."""
+"""The loopback topology: backends (a plain-HTTP answerer, the same in TLS as the shoot's API server, and an
+iperf3 server) behind a real Envoy seed gateway configured like Gardener's (circuit breakers raised for 10k
+tunnels), and the node proxy under test in front of it: apiproxy, the real Envoy on Gardener's envoy.yaml,
+or none (the client dials the backend). Every process is a child started here and ended by its PID."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from lab.proxy import ApiproxyProcess
 GARDENER_ENVOY_YAML = Path(__file__).resolve().parents[1] / "tests" / "envoy" / "gardener-envoy.yaml"
 DEST_HTTP = "outbound|443||kube-apiserver.shoot--bench--http.svc.cluster.local"
 DEST_IPERF = "outbound|443||kube-apiserver.shoot--bench--iperf.svc.cluster.local"
+DEST_TLS = "outbound|443||kube-apiserver.shoot--bench--tls.svc.cluster.local"
 # Both node proxies get the same tunnel limit, a little above the 10,000 idle tunnels of the memory load.
 MAX_TUNNELS = 11000
 VARIANTS = ("apiproxy", "envoy-c1", "envoy-c2", "none")
@@ -43,47 +44,67 @@ def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 @dataclass
 class Backends:
-    """The HTTP answerer and the iperf3 server, and the seed gateway routing to both."""
+    """The HTTP answerers (plain and TLS) and the iperf3 server, and the seed gateway routing to them."""
 
     http_port: int
     iperf_port: int
     gateway: EnvoyProcess
     gateway_port: int
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    tls_port: int = 0
+    # The CA the TLS backend's certificate (for kubernetes.default.svc) is verified with.
+    ca_file: Path | None = None
+    _certificates: tempfile.TemporaryDirectory[str] | None = None
 
     def port_for(self, destination: str) -> int:
-        return self.http_port if destination == DEST_HTTP else self.iperf_port
+        return {DEST_HTTP: self.http_port, DEST_TLS: self.tls_port}.get(destination, self.iperf_port)
 
     def stop(self) -> None:
         self.gateway.stop()
         for process in self.processes:
             _stop(process)
+        if self._certificates is not None:
+            self._certificates.cleanup()
+
+
+def _answerer(port: int, *tls: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.backend", str(port), *tls],
+                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != b"ready":
+        _stop(process)
+        raise RuntimeError(f"the {'TLS' if tls else 'HTTP'} backend did not start")
+    return process
 
 
 def start_backends(gateway_concurrency: int = 2) -> Backends:
+    from lab.certs import make_certificates  # trustme, the demo extra the harness's Envoy comes with
+
     processes: list[subprocess.Popen[bytes]] = []
+    certificates = tempfile.TemporaryDirectory(prefix="apiproxy-bench-tls-")
     try:
-        http_port, iperf_port = free_port(), free_port()
-        http = subprocess.Popen([sys.executable, "-m", "benchmarks.backend", str(http_port)],
-                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
-        processes.append(http)
-        assert http.stdout is not None
-        if http.stdout.readline().strip() != b"ready":
-            raise RuntimeError("the HTTP backend did not start")
+        http_port, iperf_port, tls_port = free_port(), free_port(), free_port()
+        processes.append(_answerer(http_port))
+        tls = make_certificates(Path(certificates.name))
+        processes.append(_answerer(tls_port, str(tls.cert_file), str(tls.key_file)))
         iperf = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iperf_port)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)  # fmt: skip
         processes.append(iperf)
         config = GatewayConfig(
-            clusters={DEST_HTTP: ("127.0.0.1", http_port), DEST_IPERF: ("127.0.0.1", iperf_port)},
+            clusters={DEST_HTTP: ("127.0.0.1", http_port), DEST_IPERF: ("127.0.0.1", iperf_port),
+                      DEST_TLS: ("127.0.0.1", tls_port)},
             max_connections=4 * MAX_TUNNELS,
             concurrency=gateway_concurrency,
-        )
+        )  # fmt: skip
         gateway = start_gateway(config)
         _wait_listening(iperf_port)
-        return Backends(http_port, iperf_port, gateway, config.port, processes)
+        return Backends(
+            http_port, iperf_port, gateway, config.port, processes, tls_port, tls.ca_file, certificates
+        )
     except BaseException:
         for process in processes:
             _stop(process)
+        certificates.cleanup()
         raise
 
 

@@ -37,3 +37,22 @@ def test_medians_min_max_and_ratios_against_each_envoy() -> None:
     )
     assert "| RSS at start | MiB | 30.0 (30.0–30.0) | 60.0 | 40.0 | – | 0.50× ✓ | 0.75× ✗ | ≤ 0.6× |" in table
     assert "not measured: needs root" in table
+    assert "circuit breakers raised to 11,000" in table
+
+
+def test_storm_rows_name_the_storm_and_have_no_target() -> None:
+    passes = [
+        {"variant": v, "storm": {"served_s": s, "p99_ms": 900.0, "failures": 0, "cpu_us_per_tunnel": c}}
+        for v, s, c in (("apiproxy", 4.0, 300.0), ("envoy-c1", 5.0, 400.0), ("envoy-c2", 4.5, 350.0),
+                        ("none", 3.0, None))
+    ]  # fmt: skip
+    summary = summarize(passes, VARIANTS, (1000, 10000), 2000)
+    served = summary["storm_served_s"]
+    assert served["label"] == "Reconnect storm (2,000 clients): all served after"
+    assert served["ratios"]["envoy-c1"] == {"ratio": 0.8, "meets_target": None}
+    assert summary["storm_failures"]["ratios"] == {}  # nothing to divide by
+    assert set(summary["storm_cpu_us"]["variants"]) == {"apiproxy", "envoy-c1", "envoy-c2"}
+    assert (
+        "| Reconnect storm (2,000 clients): failed tunnels | tunnels | 0.00 | 0.00 | 0.00 | 0.00 |"
+        in markdown(summary, None, 1)
+    )
