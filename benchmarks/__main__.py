@@ -17,7 +17,7 @@ import uvloop
 from . import machine, report, vip
 from .procstat import raise_nofile
 from .runner import Settings, progress, run_all
-from .topology import VARIANTS, start_backends
+from .topology import OPTIONAL_VARIANTS, VARIANTS, start_backends
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -30,15 +30,15 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--output", type=Path, default=Path("bench-results"), help="directory for the results"
     )
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated node proxies to measure, of {','.join(VARIANTS)}")  # fmt: skip
+                        help=f"comma-separated node proxies to measure, of {','.join(VARIANTS + OPTIONAL_VARIANTS)} "
+                             "(apiproxy-nomon: monitoring off, for the monitoring A/B)")  # fmt: skip
     parser.add_argument("--no-vip", action="store_true", help="skip the VIP repair measurement")
     arguments = parser.parse_args(argv)
     variants = tuple(v for v in arguments.variants.split(",") if v)
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in VARIANTS + OPTIONAL_VARIANTS]
     if unknown or not variants:
-        parser.error(
-            f"--variants {arguments.variants!r}: expected a comma-separated subset of {','.join(VARIANTS)}"
-        )
+        parser.error(f"--variants {arguments.variants!r}: expected a comma-separated subset of "
+                     f"{','.join(VARIANTS + OPTIONAL_VARIANTS)}")  # fmt: skip
     if arguments.runs is not None and not 1 <= arguments.runs <= 20:
         parser.error(f"--runs {arguments.runs}: expected a number of repetitions from 1 to 20")
     arguments.variants = variants

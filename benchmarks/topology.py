@@ -30,6 +30,9 @@ DEST_TLS = "outbound|443||kube-apiserver.shoot--bench--tls.svc.cluster.local"
 # Both node proxies get the same tunnel limit, a little above the 10,000 idle tunnels of the memory load.
 MAX_TUNNELS = 11000
 VARIANTS = ("apiproxy", "envoy-c1", "envoy-c2", "none")
+# Measured only when asked for (--variants): apiproxy with `--metrics-address off --no-access-log`, the B
+# side of the monitoring A/B.
+OPTIONAL_VARIANTS = ("apiproxy-nomon",)
 
 
 def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
@@ -207,21 +210,22 @@ def _start_envoy(concurrency: int, destination: str, backends: Backends) -> Node
     return NodeProxy(f"envoy-c{concurrency}", listen_port, process.pid, stop)
 
 
-def _start_apiproxy(destination: str, backends: Backends) -> NodeProxy:
+def _start_apiproxy(destination: str, backends: Backends, monitoring: bool = True) -> NodeProxy:
     # As deployed, and as the node Envoy runs here: metrics served (Envoy names too) and the access log
-    # on, to a file as a container runtime would take stdout.
+    # on, to a file as a container runtime would take stdout. Without monitoring: neither.
     port, metrics_port = free_port(), free_port()
+    switches = ["--metrics-address", f"127.0.0.1:{metrics_port}"] if monitoring else [
+        "--metrics-address", "off", "--no-access-log"]  # fmt: skip
     proxy = ApiproxyProcess([
         "run", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{backends.gateway_port}",
-        "--destination", destination, "--metrics-address", f"127.0.0.1:{metrics_port}",
-        "--max-connections", str(MAX_TUNNELS),
+        "--destination", destination, *switches, "--max-connections", str(MAX_TUNNELS),
     ]).start()  # fmt: skip
-    return NodeProxy("apiproxy", port, proxy.pid, proxy.cleanup)
+    return NodeProxy("apiproxy" if monitoring else "apiproxy-nomon", port, proxy.pid, proxy.cleanup)
 
 
 def start_node(variant: str, destination: str, backends: Backends) -> NodeProxy:
-    if variant == "apiproxy":
-        return _start_apiproxy(destination, backends)
+    if variant in ("apiproxy", "apiproxy-nomon"):
+        return _start_apiproxy(destination, backends, monitoring=variant == "apiproxy")
     if variant.startswith("envoy-c"):
         return _start_envoy(int(variant.removeprefix("envoy-c")), destination, backends)
     if variant == "none":

@@ -56,3 +56,21 @@ def test_storm_rows_name_the_storm_and_have_no_target() -> None:
         "| Reconnect storm (2,000 clients): failed tunnels | tunnels | 0.00 | 0.00 | 0.00 | 0.00 |"
         in markdown(summary, None, 1)
     )
+
+
+def test_the_monitoring_ab_has_a_column_and_a_line_only_when_measured() -> None:
+    def setup(variant: str, cpu: float) -> dict[str, Any]:
+        return {"variant": variant, "setup": {"cpu_us_per_tunnel": cpu}}
+
+    passes = [setup("apiproxy", 200.0), setup("apiproxy-nomon", 194.5), setup("envoy-c1", 250.0)]
+    with_ab = markdown(summarize(passes, (*VARIANTS, "apiproxy-nomon"), (1000, 10000)), {"skipped": "x"}, 1)
+    assert (
+        "| Metric | Unit | apiproxy | Envoy c1 | Envoy c2 | no proxy | apiproxy, monitoring off |" in with_ab
+    )
+    assert "| Node CPU per tunnel | µs | 200 | 250 | – | – | 194 | 0.80× ✗ | – | ≤ 0.7× |" in with_ab
+    assert (
+        "| VIP repair after deletion | ms | not measured: x | – | – | – | – | – | – | ≤ 100 ms |" in with_ab
+    )
+    assert "Monitoring A/B (" in with_ab and ": 5.5 µs per new tunnel (setup);" in with_ab
+    without = markdown(summarize(passes[::2], VARIANTS, (1000, 10000)), None, 1)
+    assert "monitoring off" not in without and "Monitoring A/B" not in without
