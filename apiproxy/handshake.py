@@ -73,38 +73,36 @@ _known_heads: dict[bytes, tuple[int, bytes]] = {}
 class ConnectHandshake:
     """Reads one CONNECT answer. Not reusable."""
 
-    __slots__ = ("_buffer", "_client", "_informational", "_max_head_size")
+    __slots__ = ("_client", "_fed", "_head", "_informational", "_max_head_size")
 
     def __init__(self, max_head_size: int = DEFAULT_MAX_HEAD_SIZE) -> None:
-        # Every byte received so far (bounded by the head size limit): the key of the head cache.
-        self._buffer = b""
+        # The first bytes received, as far as a head worth caching reaches: the key of the head cache.
+        self._head = b""
+        self._fed = 0  # bytes given to h11 so far
         self._client: h11.Connection | None = None
         self._informational = False
         self._max_head_size = max_head_size
 
     def feed(self, data: bytes) -> ConnectAnswer | None:
-        """Bytes from the gateway. Returns the answer once the head is complete, else None."""
-        buffer = self._buffer + data if self._buffer else data
+        """Bytes from the gateway. Returns the answer once the head is complete, else None. Bytes behind a
+        2xx head, however many arrived with it, are tunnel data: only the head is bounded."""
         if self._client is None:
-            end = buffer.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n")
             if end >= 0:
-                known = _known_heads.get(buffer[: end + 4])
+                known = _known_heads.get(data[: end + 4])
                 if known is not None:
-                    return ConnectAnswer(known[0], known[1], buffer[end + 4 :])
+                    return ConnectAnswer(known[0], known[1], data[end + 4 :])
             self._client = _new_client(_PROTOTYPE_REQUEST, self._max_head_size)[0]
-        if len(buffer) > self._max_head_size + 65536:
-            # h11 enforces the head limit; this only bounds what we keep for the cache key.
-            raise HandshakeError(
-                Reason.ANSWER_TOO_LARGE, f"gateway answer head exceeds {self._max_head_size} bytes"
-            )
-        self._buffer = buffer
+        if len(self._head) <= _CACHE_MAX_HEAD:
+            self._head += data[: _CACHE_MAX_HEAD + 1 - len(self._head)]
+        self._fed += len(data)
         return self._parse(data)
 
     def feed_eof(self) -> None:
         """The gateway closed before a complete answer: always an error."""
         raise HandshakeError(
             Reason.CLOSED_BEFORE_ANSWER,
-            f"gateway closed the connection after {len(self._buffer)} bytes, before a complete CONNECT answer",
+            f"gateway closed the connection after {self._fed} bytes, before a complete CONNECT answer",
         )
 
     def _parse(self, data: bytes) -> ConnectAnswer | None:
@@ -115,7 +113,7 @@ class ConnectHandshake:
             while True:
                 event = client.next_event()
                 if event is h11.NEED_DATA:
-                    if len(self._buffer) > self._max_head_size:
+                    if self._fed > self._max_head_size:
                         raise HandshakeError(
                             Reason.ANSWER_TOO_LARGE,
                             f"gateway answer head exceeds {self._max_head_size} bytes",
@@ -135,14 +133,14 @@ class ConnectHandshake:
     def _answer(self, client: h11.Connection, response: h11.Response) -> ConnectAnswer:
         status, reason = response.status_code, bytes(response.reason)
         tunnel_data = client.trailing_data[0] if client.their_state is h11.SWITCHED_PROTOCOL else b""
-        self._remember(status, reason, len(self._buffer) - len(tunnel_data))
+        self._remember(status, reason, self._fed - len(tunnel_data))
         return ConnectAnswer(status, reason, tunnel_data)
 
     def _remember(self, status: int, reason: bytes, head_size: int) -> None:
         """Cache a head h11 accepted, when the fast path would find exactly the same bytes again."""
         if self._informational or not 0 < head_size <= _CACHE_MAX_HEAD:
             return
-        head = self._buffer[:head_size]
+        head = self._head[:head_size]
         # Only heads whose lines all end in CRLF: then the first CRLFCRLF, which the fast path looks for,
         # is the end of the head h11 read.
         if head.count(b"\n") != head.count(b"\r\n") or head.find(b"\r\n\r\n") != head_size - 4:

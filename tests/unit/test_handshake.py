@@ -49,6 +49,15 @@ def test_200_with_trailing_tunnel_bytes_keeps_them() -> None:
     assert answer.tunnel_data == b"\x16\x03\x03 server hello"
 
 
+def test_a_200_with_more_tunnel_bytes_behind_it_than_a_head_may_have_is_not_too_large() -> None:
+    # A gateway that answers and streams at once: one 256 KiB read holds the head and far more tunnel data
+    # than the head limit. Only the head is bounded (this read was refused as answer_too_large before).
+    data = bytes(range(256)) * 1024
+    answer = ConnectHandshake().feed(OK + data)
+    assert answer is not None and answer.status == 200 and answer.tunnel_data == data
+    assert OK in handshake._known_heads  # and the head is cached as usual
+
+
 @pytest.mark.parametrize("split", [1, 2, 7, 16, 40])
 def test_answer_split_across_many_reads(split: int) -> None:
     data = OK + b"tail"
