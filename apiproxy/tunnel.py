@@ -152,8 +152,11 @@ class TunnelContext:
         self.max_per_source = max_per_source or max_connections
         self.observer: TunnelObserver = observer or NullObserver()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        # Where gateway connections read, and clients once their gateway has filled up (BoundedReads): at
+        # most READ_SIZE at a time. Each read is copied out at once, so one buffer serves the whole loop.
+        self.read_view = memoryview(bytearray(READ_SIZE))
         self.resolver = Resolver(config.upstream, config.dns_family, config.dns_refresh)
-        self.dialer = dialer or Dialer(config, self.resolver)
+        self.dialer = dialer or Dialer(config, self.resolver, self.read_view)
         self.proxy_protocol = config.upstream_protocol is UpstreamProtocol.PROXY_PROTOCOL_V2
         self.connect_request = (
             b""
@@ -161,10 +164,6 @@ class TunnelContext:
             else build_connect_request(config.connect_authority, config.connect_headers)
         )
         self.splicer: Splicer | None = None
-        # Every read of every tunnel lands here first (uvloop's BufferedProtocol): reads are at most
-        # READ_SIZE, where uvloop's own reads are 256 KiB, so a peer that stops reading costs a direction
-        # --buffer-size plus one such read. Copied out at once; one buffer serves the whole loop.
-        self.read_view = memoryview(bytearray(READ_SIZE))
         self.tunnels: set[Tunnel] = set()
         self.per_source: dict[str, int] = {}
         # Set from SIGTERM (or a handover) on: /ready says 503; tunnels are still admitted.
@@ -240,10 +239,56 @@ class TunnelContext:
         log.warning("tunnel from %s failed (%s): %s", format_peer(tunnel.peer), tunnel.reason, detail)
 
 
-class UpstreamSide(asyncio.BufferedProtocol):
-    """The gateway connection of a tunnel, from the moment the dialer hands it over."""
+class BoundedReads(asyncio.BufferedProtocol):
+    """The client connection's protocol once the gateway connection has filled up: the tunnel's callbacks,
+    but reads of at most READ_SIZE (uvloop reads 256 KiB at a time into a fresh object, all of which would
+    wait for a gateway that reads slowly). Clients whose gateway keeps up never pay for it (a
+    BufferedProtocol costs a Python call more per read); the gateway side always reads so (UpstreamSide)."""
 
-    __slots__ = ("eof", "handshake", "head_bytes", "lost", "peer_write", "rx_bytes", "transport", "tunnel")
+    __slots__ = ("side", "view")
+
+    def __init__(self, side: Tunnel, view: memoryview) -> None:
+        self.side = side
+        self.view = view
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.side.data_received(self.view[:nbytes].tobytes())
+
+    def data_received(self, data: bytes) -> None:  # a read uvloop had started before the switch
+        self.side.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.side.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.side.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.side.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.side.resume_writing()
+
+
+class UpstreamSide(asyncio.BufferedProtocol):
+    """The gateway connection of a tunnel, from the moment the dialer hands it over. It reads through the
+    context's buffer, at most READ_SIZE at a time (the connection reads so from the start: `Connecting`),
+    so a client that reads slowly or not at all costs the direction --buffer-size plus one such read."""
+
+    __slots__ = (
+        "eof",
+        "handshake",
+        "head_bytes",
+        "lost",
+        "peer_write",
+        "rx_bytes",
+        "transport",
+        "tunnel",
+        "view",
+    )
 
     def __init__(self, tunnel: Tunnel, handshake: ConnectHandshake | None) -> None:
         self.tunnel = tunnel
@@ -257,6 +302,7 @@ class UpstreamSide(asyncio.BufferedProtocol):
         self.head_bytes = 0
         self.eof = False
         self.lost = False
+        self.view = tunnel.context.read_view
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -265,10 +311,20 @@ class UpstreamSide(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=buffer_size, low=buffer_size // 4)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.tunnel.context.read_view
+        return self.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self.tunnel.context.read_view[:nbytes]))
+        # data_received, inlined: this is the hot path of every byte from the gateway.
+        data = self.view[:nbytes].tobytes()
+        peer_write = self.peer_write
+        if peer_write is not None:
+            self.rx_bytes += nbytes
+            peer_write(data)
+            if nbytes >= SPLICE_THRESHOLD:
+                self.tunnel.splice(False)
+        else:
+            self.head_bytes += nbytes
+            self.tunnel.answer_received(data)
 
     def data_received(self, data: bytes) -> None:
         peer_write = self.peer_write
@@ -290,19 +346,24 @@ class UpstreamSide(asyncio.BufferedProtocol):
         self.lost = True
         self.tunnel.gateway_lost(exc)
 
-    # The client transport's buffer is ours to fill: when it is full, stop reading the gateway, and vice
-    # versa (Tunnel.pause_writing).
+    # Flow control end to end: when the gateway transport's buffer is full, stop reading the client (and
+    # read it in bounded reads from then on), and vice versa (Tunnel.pause_writing).
     def pause_writing(self) -> None:
-        self.tunnel.transport.pause_reading()
+        tunnel = self.tunnel
+        tunnel.transport.pause_reading()
+        if not tunnel.bounded:  # reading is paused: the next read (after resume_reading) is a bounded one
+            tunnel.bounded = True
+            tunnel.transport.set_protocol(BoundedReads(tunnel, tunnel.context.read_view))
 
     def resume_writing(self) -> None:
         self.tunnel.read_client()
 
 
-class Tunnel(asyncio.BufferedProtocol):
+class Tunnel(asyncio.Protocol):
     """The client connection of a tunnel, and the tunnel's record (phase, times, bytes, reason)."""
 
     __slots__ = (
+        "bounded",
         "client_eof",
         "client_lost",
         "connected_at",
@@ -343,6 +404,7 @@ class Tunnel(asyncio.BufferedProtocol):
         # Client bytes read before the gateway's 2xx (one read: reading is paused after it).
         self.pending: list[bytes] | None = None
         self.held = 0  # bytes in `pending`, counted
+        self.bounded = False  # reads are BoundedReads (its destination has filled up once)
         self.up_pump: SplicePump | None = None
         self.down_pump: SplicePump | None = None
         self.setup: asyncio.Task[None] | None = None
@@ -398,12 +460,6 @@ class Tunnel(asyncio.BufferedProtocol):
             context.set_deadline(self, context.config.first_byte_timeout)
         else:  # configured to dial at once, as Envoy does (for protocols where the server speaks first)
             self._dial([])
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.context.read_view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self.context.read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         peer_write = self.peer_write

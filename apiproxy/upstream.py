@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 from .addresses import host_port
 from .config import DNSFamily, Endpoint, TunnelConfig
 from .reasons import Reason
+from .splice import READ_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -120,44 +121,67 @@ class Receiver(Protocol):
     """What `Connecting.replay` gives the recorded events to (a Protocol, or a BufferedProtocol that also
     takes whole chunks)."""
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
     def data_received(self, data: bytes) -> None: ...
     def eof_received(self) -> bool | None: ...
     def connection_lost(self, exc: Exception | None) -> None: ...
 
 
-class Connecting(asyncio.Protocol):
+class Connecting(asyncio.BufferedProtocol):
     """The protocol of a gateway connection while it is being dialled. It keeps what the connection reports
     until the dial has returned and `hand_over` gives it to its real protocol, so that an attempt the dialer
     abandons (a timeout, a failed keepalive option) never reaches a tunnel, and bytes the gateway sends
-    before the dial returns are not lost. It reads at most once meanwhile."""
+    before the dial returns are not lost. It reads at most once meanwhile.
 
-    __slots__ = ("events", "transport")
+    It reads through `view` (a BufferedProtocol: reads of at most its size): uvloop fixes a connection's
+    read mode when it starts reading, so this is the mode the connection keeps after the hand-over, which
+    bounds every read of the gateway (see tunnel.UpstreamSide). If uvloop still calls these read callbacks
+    after the hand-over (a receiver that is not a BufferedProtocol), they pass the bytes on."""
 
-    def __init__(self) -> None:
+    __slots__ = ("events", "receiver", "transport", "view")
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
         self.transport: asyncio.Transport | None = None
+        self.receiver: Receiver | None = None
         # Each a chunk of bytes, _EOF, or the exception (or None) of connection_lost as _Lost.
         self.events: list[bytes | object] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.view[:nbytes].tobytes())
+
     def data_received(self, data: bytes) -> None:
+        if self.receiver is not None:
+            self.receiver.data_received(data)
+            return
         self.events.append(data)
         assert self.transport is not None
         self.transport.pause_reading()
 
-    def eof_received(self) -> bool:
+    def eof_received(self) -> bool | None:
+        if self.receiver is not None:
+            return self.receiver.eof_received()
         self.events.append(_EOF)
         return True  # our sending direction stays open: the tunnel decides
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.receiver is not None:
+            self.receiver.connection_lost(exc)
+            return
         self.events.append(_Lost(exc))
 
-    def hand_over(self, protocol: asyncio.Protocol | asyncio.BufferedProtocol) -> asyncio.Transport:
+    def hand_over(self, protocol: Receiver) -> asyncio.Transport:
         """Make `protocol` the connection's protocol (its connection_made is called). Then call `replay`."""
         transport = self.transport
         assert transport is not None
-        transport.set_protocol(protocol)
+        self.receiver = protocol
+        transport.set_protocol(cast(asyncio.BaseProtocol, protocol))
         protocol.connection_made(transport)
         return transport
 
@@ -199,9 +223,11 @@ class Dialer:
     connection to its protocol.
     """
 
-    def __init__(self, config: TunnelConfig, resolver: Resolver) -> None:
+    def __init__(self, config: TunnelConfig, resolver: Resolver, read_view: memoryview | None = None) -> None:
         self.config = config
         self.resolver = resolver
+        # Where gateway connections read (see Connecting): the tunnels' shared buffer, or one of its own.
+        self.read_view = read_view if read_view is not None else memoryview(bytearray(READ_SIZE))
         self.loop: asyncio.AbstractEventLoop | None = None  # the running loop, from the first dial on
         self._preferred: Address | None = None
         self._keepalive = keepalive_options(config)
@@ -247,7 +273,9 @@ class Dialer:
 
         timer = loop.call_later(self.config.connect_timeout, expire)
         try:
-            transport, connection = await loop.create_connection(Connecting, host, sockaddr[1], family=family)
+            transport, connection = await loop.create_connection(
+                lambda: Connecting(self.read_view), host, sockaddr[1], family=family
+            )
         except asyncio.CancelledError:
             if not expired:
                 raise  # the tunnel was ended meanwhile

@@ -60,7 +60,11 @@ def test_clients_that_never_read_cost_a_bounded_amount(lab: Lab) -> None:
             client.sendall(b"x")  # its first byte, then it never reads
             clients.append(client)
             most_pipes = max(most_pipes, pipes(proxy))
-        wait_for(lambda: proxy.active() == TUNNELS, 30, f"{TUNNELS} tunnels open")
+        wait_for(
+            lambda: proxy.active() == TUNNELS,
+            30,
+            f"{TUNNELS} tunnels open (now {proxy.active()}, closed {dict(proxy.closed())})",
+        )
         # Stuck pumps are handed back after two checks a second apart.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and pipes(proxy) > pipes_at_start:

@@ -129,7 +129,7 @@ class ScriptedDialer:
     def succeed(self, *early: bytes) -> FakeTransport:
         """The gateway connection is made; `early`: bytes it sent before the dial returned."""
         gateway = FakeTransport(self.loop, peer=GATEWAY_ADDRESS[1])
-        connecting = Connecting()
+        connecting = Connecting(memoryview(bytearray(64 * 1024)))
         gateway.protocol = connecting
         connecting.connection_made(gateway)  # type: ignore[arg-type]
         for data in early:
