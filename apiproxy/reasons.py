@@ -45,11 +45,11 @@ class Reason(StrEnum):
 
 
 class Refusal(StrEnum):
-    """Why a client connection was closed at accept, before it became a tunnel."""
+    """Why a client connection was closed at accept, before it became a tunnel. (A draining process still
+    admits: on a node-local VIP nothing would steer the connection elsewhere.)"""
 
-    OVERFLOW = "overflow"  # over --max-connections
+    OVERFLOW = "overflow"  # over --max-connections (or the descriptors there are)
     SOURCE_LIMIT = "source_limit"  # over --max-connections-per-source for its source address
-    DRAINING = "draining"
 
 
 # The gateway was never reached over TCP (Envoy still samples its upstream connection length for these).

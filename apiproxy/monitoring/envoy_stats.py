@@ -24,7 +24,7 @@ gateway (tests/monitoring/test_envoy_parity.py repeats the comparison):
 from __future__ import annotations
 
 from ..addresses import host_port
-from ..reasons import Reason, Refusal
+from ..reasons import Reason
 from .metrics import Histogram, NativeMetrics, escape_label_value
 
 # Envoy's default histogram bucket bounds (ms), as its Prometheus output lists them; then +Inf.
@@ -114,10 +114,8 @@ class EnvoyStats:
             "cluster_upstream_cx_tx_bytes_total": received
             + self.connect_request_bytes * upstream_connections,
             "listener_downstream_cx_destroy": histograms["listener_downstream_cx_length_ms"][0][-1],
-            # Over the listener's limit or a source's cap; while Envoy drains, its listener sees nothing.
-            "listener_downstream_cx_overflow": sum(
-                n for refusal, n in native.rejected.copy().items() if refusal is not Refusal.DRAINING
-            ),
+            # Over the listener's limit or a source's cap.
+            "listener_downstream_cx_overflow": sum(native.rejected.copy().values()),
             "listener_downstream_cx_total": native.opened,
             "tcp_downstream_cx_no_route": 0,
             "tcp_downstream_cx_rx_bytes_total": received,

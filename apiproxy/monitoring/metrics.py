@@ -221,7 +221,7 @@ class NativeMetrics(Collector):
         )
         yield _counter(
             "apiproxy_connections_rejected",
-            "Client connections refused at accept, by reason (overflow: over --max-connections; draining).",
+            "Client connections refused at accept, by reason (overflow: over --max-connections; source_limit: over --max-connections-per-source).",
             ["reason"],
             {(refusal.value,): n for refusal, n in self.rejected.copy().items()},
         )

@@ -431,7 +431,9 @@ def test_turned_away_connections_are_logged_in_one_line_at_most_a_minute(
         exchange(endpoint.port, b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
     lines = [r.getMessage() for r in caplog.records if r.name == "apiproxy.monitoring.http"]
     assert len(lines) == 1, lines
-    assert "turned connections away: 1 refused (malformed" in lines[0]
+    # The first turned-away connection is reported at once; the selector thread may have seen a second or
+    # third by the time it writes the line, never more than one line in the minute.
+    assert re.search(r"turned connections away: [123] refused \(malformed", lines[0]), lines
 
 
 def test_ready_via_urllib_after_a_refused_request(endpoint: Endpoint) -> None:

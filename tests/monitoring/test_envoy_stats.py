@@ -70,7 +70,7 @@ def test_counters_read_from_the_native_figures() -> None:
     stats = EnvoyStats(native, "c", "p", "l", connect_request_bytes=100, resolved_at_start=True)
     native.opened = 5
     native.closed.update({Reason.COMPLETED: 2, Reason.DNS_FAILURE: 1})
-    native.rejected.update({Refusal.OVERFLOW: 2, Refusal.SOURCE_LIMIT: 1, Refusal.DRAINING: 4})
+    native.rejected.update({Refusal.OVERFLOW: 2, Refusal.SOURCE_LIMIT: 1})
     native.received_bytes, native.sent_bytes = 1000, 2000
     native.dns_resolutions, native.dns_failures = 3, 1
     stats.answer_bytes = 38
@@ -92,7 +92,7 @@ def test_counters_read_from_the_native_figures() -> None:
         "envoy_cluster_upstream_cx_rx_bytes_total": 2038,
         "envoy_cluster_upstream_cx_tx_bytes_total": 1200,  # a CONNECT request per connection made
         "envoy_listener_downstream_cx_destroy": 3,
-        "envoy_listener_downstream_cx_overflow": 3,  # not the 4 refused while draining
+        "envoy_listener_downstream_cx_overflow": 3,  # over the listener's limit or a source's cap
         "envoy_listener_downstream_cx_total": 5,
         "envoy_tcp_downstream_cx_no_route": 0,
         "envoy_tcp_downstream_cx_rx_bytes_total": 1000,

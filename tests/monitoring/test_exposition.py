@@ -123,7 +123,7 @@ def scripted(upstream_host: str, envoy_names: bool = True) -> str:
     closed(tunnels[6], Reason.UPSTREAM_RESET, duration=3700, rx=123456789, tx=987654321)
     closed(tunnels[7], None, duration=0.5)
     observer.connection_rejected(Refusal.OVERFLOW, ("10.0.0.1", 1))
-    observer.connection_rejected(Refusal.DRAINING, None)
+    observer.connection_rejected(Refusal.SOURCE_LIMIT, None)
     observer.connection_rejected(Refusal.SOURCE_LIMIT, ("10.0.0.1", 2))
     opened(8)  # still open
     monitoring.access_log.flush()
