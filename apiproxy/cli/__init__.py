@@ -64,7 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         # No arguments at all is a request for the help, not a usage error.
-        result = command.main(args=args or ["--help"], prog_name="apiproxy", standalone_mode=False)
+        result = command.main(
+            args=args or ["--help"],
+            prog_name="apiproxy",
+            standalone_mode=False,
+            # As the installed command, `run` replaces itself with a lean serving process once it has parsed
+            # its options; called from Python (tests, preludes) it serves in this process.
+            obj={"exec_to_serve": argv is None},
+        )
     except typer.TyperException as error:
         context = getattr(error, "ctx", None)
         where = context.command_path if context is not None else "apiproxy"

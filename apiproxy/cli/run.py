@@ -89,6 +89,7 @@ def build_monitoring(
 def register(app: typer.Typer) -> None:
     @app.command("run", cls=Command)
     def run(
+        ctx: typer.Context,
         upstream: UpstreamOpt = None,
         listen: Annotated[
             str | None,
@@ -248,5 +249,9 @@ def register(app: typer.Typer) -> None:
             listener=listener, tunnel=tunnel, vip=vip_config, monitoring=monitoring, drain_timeout=drain,
             handover_socket=handover,
         )  # fmt: skip
+        if ctx.obj and ctx.obj.get("exec_to_serve"):
+            from ..serve import exec_into_server
+
+            exec_into_server(config, verbose, log_format)  # shed what parsing needed (see serve.py)
         logs.setup(verbose, log_format)
         return run_proxy(config)

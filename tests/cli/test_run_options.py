@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,21 @@ def test_listen_address_in_use_is_a_config_error() -> None:
         f"--listen: expected an address this host can listen on (Address already in use), got '127.0.0.1:{port}'"
         in result.stderr
     )
+
+
+def test_run_serves_from_a_lean_process_without_the_cli_libraries() -> None:
+    """`apiproxy run` parses with typer (and pydantic), then replaces itself with `python -m apiproxy.serve`
+    (same PID), which never loads them: ~14 MiB of RSS a node proxy no longer carries."""
+    from lab.gateway import free_port
+    from lab.proxy import ApiproxyProcess
+
+    port, metrics_port = free_port(), free_port()
+    with ApiproxyProcess(
+        ["run", "--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:1", "--destination", "d",
+         "--metrics-address", f"127.0.0.1:{metrics_port}"],
+        command=[str(Path(sys.executable).with_name("apiproxy"))],
+    ) as proxy:  # fmt: skip
+        cmdline = Path(f"/proc/{proxy.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[1:3] == [b"-m", b"apiproxy.serve"] and b"--listen" in cmdline
+        maps = Path(f"/proc/{proxy.pid}/maps").read_text()
+        assert "pydantic_core" not in maps  # the extension module pydantic (typer's) would have mapped
