@@ -28,10 +28,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def bulk(port: int, streams: int, seconds: float) -> dict[str, float]:
-    """iperf3 through the node proxy: its control and data connections are tunnels to the iperf3 server."""
+def bulk(port: int, streams: int, seconds: float, reverse: bool = False) -> dict[str, float]:
+    """iperf3 through the node proxy: its control and data connections are tunnels to the iperf3 server.
+    `reverse` (-R): the server sends, the bytes go gateway -> client."""
     done = subprocess.run(
-        ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-P", str(streams), "-t", f"{seconds:g}", "-J"],
+        ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-P", str(streams), "-t", f"{seconds:g}", "-J",
+         *(["-R"] if reverse else [])],
         capture_output=True, text=True, timeout=seconds + 30, check=False,
     )  # fmt: skip
     report = json.loads(done.stdout or "{}")

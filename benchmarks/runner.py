@@ -57,15 +57,22 @@ def one_pass(variant: str, backends: Backends, settings: Settings, loop: asyncio
     figures: dict[str, Any] = {"variant": variant}
     node = start_node(variant, DEST_IPERF, backends)
     try:
-        for streams in (1, 8):
-            before = _cpu(node.pid)
-            result: dict[str, Any] = dict(loads.bulk(node.port, streams, settings.bulk_seconds))
+        # The seed gateway's CPU per GB too: it is shared by every node, so cost pushed onto it counts.
+        for key, streams, reverse in (("bulk_1", 1, False), ("bulk_8", 8, False), ("bulk_1r", 1, True)):
+            before, gateway_before = _cpu(node.pid), _cpu(backends.gateway.pid)
+            result: dict[str, Any] = dict(loads.bulk(node.port, streams, settings.bulk_seconds, reverse))
             cpu = _cpu(node.pid) - before if node.pid else None
+            gigabytes = result["bytes"] / 1e9
             result["cpu_s"] = cpu
-            result["cpu_s_per_gb"] = cpu / (result["bytes"] / 1e9) if cpu is not None else None
-            figures[f"bulk_{streams}"] = result
-            say(f"  {variant}: bulk {streams} stream(s) {result['gbps']:.2f} Gbit/s"
-                + (f", {result['cpu_s_per_gb']:.2f} CPU s/GB" if cpu is not None else ""))  # fmt: skip
+            result["cpu_s_per_gb"] = cpu / gigabytes if cpu is not None else None
+            # The no-proxy variant dials the backend: no gateway on its path.
+            result["gateway_cpu_s_per_gb"] = (
+                (_cpu(backends.gateway.pid) - gateway_before) / gigabytes if node.pid else None
+            )
+            figures[key] = result
+            say(f"  {variant}: bulk {streams} stream(s){' reverse' if reverse else ''} {result['gbps']:.2f} Gbit/s"
+                + (f", {result['cpu_s_per_gb']:.2f} CPU s/GB" if cpu is not None else "")
+                + (f", gateway {result['gateway_cpu_s_per_gb']:.2f} CPU s/GB" if node.pid else ""))  # fmt: skip
     finally:
         node.stop()
 

@@ -38,9 +38,9 @@ def test_quick_run_writes_every_figure_for_every_variant(tmp_path: Path) -> None
     for metric in metrics(idle_counts, storm_clients):
         row = results["summary"][metric.key]
         proxies = ("apiproxy", "envoy-c1", "envoy-c2")
-        # The no-proxy variant has no node-proxy process, hence no CPU or memory figures.
-        expected = set(VARIANTS) if metric.path[0] in {"bulk_1", "bulk_8", "setup", "keepalive", "storm"} and not (
-            metric.key.startswith("cpu_") or metric.key in ("keepalive_cpu_us", "storm_cpu_us")
+        # The no-proxy variant has no node-proxy process, hence no CPU or memory figures, and no gateway.
+        expected = set(VARIANTS) if metric.path[0] in {"bulk_1", "bulk_8", "bulk_1r", "setup", "keepalive", "storm"} and not (
+            metric.key.startswith(("cpu_", "gw_")) or metric.key in ("keepalive_cpu_us", "storm_cpu_us")
         ) else set(proxies)  # fmt: skip
         assert set(row["variants"]) == expected, metric.key
         for figure in row["variants"].values():
