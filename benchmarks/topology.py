@@ -6,8 +6,6 @@ or none (the client dials the backend). Every process is a child started here an
 from __future__ import annotations
 
 import copy
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +18,7 @@ from typing import Any
 import yaml
 
 from lab.gateway import EnvoyProcess, GatewayConfig, envoy_binary, free_port, start_gateway
+from lab.processes import stop
 from lab.proxy import ApiproxyProcess
 
 # Gardener's envoy.yaml as the tests keep it; rendered here for loopback as tests/envoy/render.py does.
@@ -34,16 +33,6 @@ VARIANTS = ("apiproxy", "envoy-c1", "envoy-c2", "none")
 # Measured only when asked for (--variants): apiproxy with `--metrics-address off --no-access-log`, the B
 # side of the monitoring A/B.
 OPTIONAL_VARIANTS = ("apiproxy-nomon",)
-
-
-def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(5)
 
 
 @dataclass
@@ -66,7 +55,7 @@ class Backends:
     def stop(self) -> None:
         self.gateway.stop()
         for process in self.processes:
-            _stop(process)
+            stop(process)
         if self._certificates is not None:
             self._certificates.cleanup()
 
@@ -76,7 +65,7 @@ def _answerer(port: int, *tls: str) -> subprocess.Popen[bytes]:
                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
     assert process.stdout is not None
     if process.stdout.readline().strip() != b"ready":
-        _stop(process)
+        stop(process)
         raise RuntimeError(f"the {'TLS' if tls else 'HTTP'} backend did not start")
     return process
 
@@ -110,7 +99,7 @@ def start_backends(gateway_concurrency: int = 2) -> Backends:
         )
     except BaseException:
         for process in processes:
-            _stop(process)
+            stop(process)
         certificates.cleanup()
         raise
 
@@ -191,15 +180,15 @@ def _start_envoy(concurrency: int, destination: str, backends: Backends) -> Node
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
 
-    def stop() -> None:
-        _stop(process)
+    def stop_envoy() -> None:
+        stop(process)
         workdir.cleanup()
 
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
             log = (Path(workdir.name) / "stdout").read_text(errors="replace")[-2000:]
-            stop()
+            stop_envoy()
             raise RuntimeError(f"node Envoy exited with {process.returncode}: {log}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/ready", timeout=1) as answer:
@@ -208,10 +197,10 @@ def _start_envoy(concurrency: int, destination: str, backends: Backends) -> Node
         except OSError:
             pass
         if time.monotonic() > deadline:
-            stop()
+            stop_envoy()
             raise RuntimeError("node Envoy not ready within 30 s")
         time.sleep(0.05)
-    return NodeProxy(f"envoy-c{concurrency}", listen_port, process.pid, stop)
+    return NodeProxy(f"envoy-c{concurrency}", listen_port, process.pid, stop_envoy)
 
 
 def _start_apiproxy(destination: str, backends: Backends, monitoring: bool = True) -> NodeProxy:
