@@ -212,6 +212,8 @@ def _start_apiproxy(destination: str, backends: Backends, monitoring: bool = Tru
     proxy = ApiproxyProcess([
         "run", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{backends.gateway_port}",
         "--destination", destination, *switches, "--max-connections", str(MAX_TUNNELS),
+        # The harness's clients all come from 127.0.0.1: one source, so its cap is raised with the limit.
+        "--max-connections-per-source", str(MAX_TUNNELS),
     ]).start()  # fmt: skip
     return NodeProxy("apiproxy" if monitoring else "apiproxy-nomon", port, proxy.pid, proxy.cleanup)
 
