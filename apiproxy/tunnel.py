@@ -214,6 +214,7 @@ class TunnelContext:
 
     def clear_deadline(self, tunnel: Tunnel) -> None:
         self._deadlines.discard(tunnel)
+        tunnel.deadline = 0.0  # the shared constant, not a float per idle tunnel
 
     def _sweep_deadlines(self) -> None:
         self._deadline_sweep = None
@@ -380,6 +381,8 @@ class Tunnel(asyncio.Protocol):
         "peer_write",
         "pending",
         "phase",
+        "published_rx",
+        "published_tx",
         "reason",
         "response_code",
         "rx_bytes",
@@ -416,6 +419,8 @@ class Tunnel(asyncio.Protocol):
         self.client_eof = False
         self.client_lost = False
         self.rx_bytes = 0  # from the client (sent to the gateway)
+        # Bytes the monitoring has counted already while the tunnel is open (it publishes every few seconds).
+        self.published_rx = self.published_tx = 0
         self.reason: Reason | None = None
         self.response_code = 0
         self.started_wall = 0.0
@@ -444,7 +449,8 @@ class Tunnel(asyncio.Protocol):
         self.started_at = time.monotonic()
         self.started_wall = time.time()
         peer = transport.get_extra_info("peername")
-        self.peer = (peer[0], peer[1]) if peer else None
+        # uvloop's own (host, port) tuple where it is one (IPv4): a tuple less per tunnel.
+        self.peer = peer if peer is None or len(peer) == 2 else (peer[0], peer[1])
         refusal = context.admit(self)
         if refusal is not None:
             self.phase = Phase.ENDED

@@ -56,13 +56,11 @@ ROUTES: dict[str, Callable[[], Any]] = {
 }  # fmt: skip
 
 
-class KubeAPIStub:
-    """Answers GET on ROUTES with JSON, everything else with a Kubernetes-style 404 Status."""
+class _StreamServer:
+    """A loopback asyncio server whose connections `_serve` handles; `start` returns its port."""
 
-    def __init__(self, tls: ssl.SSLContext) -> None:
-        self.tls = tls
-        self.requests: list[str] = []
-        self._server: asyncio.Server | None = None
+    tls: ssl.SSLContext | None
+    _server: asyncio.Server | None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._server = await asyncio.start_server(self._serve, host, port, ssl=self.tls)
@@ -73,6 +71,18 @@ class KubeAPIStub:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class KubeAPIStub(_StreamServer):
+    """Answers GET on ROUTES with JSON, everything else with a Kubernetes-style 404 Status."""
+
+    def __init__(self, tls: ssl.SSLContext) -> None:
+        self.tls = tls
+        self.requests: list[str] = []
+        self._server: asyncio.Server | None = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = h11.Connection(h11.SERVER)
@@ -118,23 +128,13 @@ class KubeAPIStub:
         return data
 
 
-class EchoServer:
+class EchoServer(_StreamServer):
     """Echoes every byte back; over plain TCP it also carries half-close (answers a FIN after the echo)."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.tls = tls
         self.connections = 0
         self._server: asyncio.Server | None = None
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.tls)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

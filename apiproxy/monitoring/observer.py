@@ -44,8 +44,6 @@ class MonitoringObserver:
         self.cluster_name = cluster_name
         # The listener's address is the downstream local address of every tunnel.
         self.local_address = local_address
-        # Bytes already published of tunnels still open: tunnel -> (rx, tx).
-        self._published: dict[Tunnel, tuple[int, int]] = {}
         # A line per tunnel at -v: the level is set before monitoring starts, and asking the logger costs a
         # Python call per tunnel.
         self.log_tunnels = log.isEnabledFor(logging.DEBUG)
@@ -61,14 +59,9 @@ class MonitoringObserver:
     def tunnel_closed(self, tunnel: Tunnel) -> None:
         rx, tx = tunnel.rx_bytes, tunnel.tx_bytes
         native = self.native
-        published = self._published
-        if published and tunnel in published:
-            before_rx, before_tx = published.pop(tunnel)
-            native.received_bytes += rx - before_rx
-            native.sent_bytes += tx - before_tx
-        else:
-            native.received_bytes += rx
-            native.sent_bytes += tx
+        # What publish_open has not counted yet (the tunnel keeps its own marks: no map per open tunnel).
+        native.received_bytes += rx - tunnel.published_rx
+        native.sent_bytes += tx - tunnel.published_tx
         reason = tunnel.reason or _COMPLETED
         native.closed[reason] += 1
         duration = tunnel.ended_at - tunnel.started_at
@@ -118,12 +111,10 @@ class MonitoringObserver:
 
     def publish_open(self) -> None:
         """Publish the bytes of tunnels still open (called every few seconds on the loop)."""
-        published = self._published
         native = self.native
         for tunnel in self.context.tunnels:
             rx, tx = tunnel.rx_bytes, tunnel.tx_bytes
-            before_rx, before_tx = published.get(tunnel, (0, 0))
-            if rx != before_rx or tx != before_tx:
-                published[tunnel] = (rx, tx)
-                native.received_bytes += rx - before_rx
-                native.sent_bytes += tx - before_tx
+            if rx != tunnel.published_rx or tx != tunnel.published_tx:
+                native.received_bytes += rx - tunnel.published_rx
+                native.sent_bytes += tx - tunnel.published_tx
+                tunnel.published_rx, tunnel.published_tx = rx, tx

@@ -350,6 +350,8 @@ def test_a_head_that_never_ends_is_dropped_at_the_deadline(endpoint: Endpoint) -
 def test_a_source_over_its_cap_is_refused_and_others_are_not(endpoint: Endpoint) -> None:
     idle = [connect_from("127.0.0.2", endpoint.port) for _ in range(PER_SOURCE)]
     try:
+        # All of them accepted first: otherwise the extra one may be, and one of these refused instead.
+        wait_for(lambda: endpoint.endpoint.statistics().get("accepted") == PER_SOURCE, timeout=5)
         with connect_from("127.0.0.2", endpoint.port) as extra, pytest.raises(ConnectionResetError):
             extra.recv(4096)  # reset at accept, before it sends anything
         assert get_from("127.0.0.1", endpoint.port)[0] == 200
