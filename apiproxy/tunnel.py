@@ -691,15 +691,19 @@ class Tunnel(asyncio.Protocol):
         upstream = self.upstream
         if self.phase is not Phase.RELAYING or upstream is None:
             return
+        # Writing the leftover may fill the destination past its high-water mark: then pause_writing has
+        # stopped the source and resume_writing will start it again. Below the mark no callback will come,
+        # so the source is read again now (a leftover smaller than the mark stranded it before).
+        high = self.context.config.buffer_size
         if up:
             if leftover:
-                upstream.transport.write(leftover)  # may pause the client again (pause_writing)
-            if not upstream.transport.get_write_buffer_size():
+                upstream.transport.write(leftover)
+            if upstream.transport.get_write_buffer_size() <= high:
                 self.read_client()
         else:
             if leftover:
                 self.transport.write(leftover)
-            if not upstream.eof and not self.transport.get_write_buffer_size():
+            if not upstream.eof and self.transport.get_write_buffer_size() <= high:
                 upstream.transport.resume_reading()
 
     # --- endings --------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class FakeTransport:
         self.reading = True
         self.held: list[bytes] = []
         self.ended: str | None = None  # "close", "abort" or "reset"
+        self.unsent = 0  # what the test says waits in the transport's buffer
 
     # --- what the tunnel calls ---
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -54,7 +55,7 @@ class FakeTransport:
         pass
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.unsent
 
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
@@ -408,3 +409,20 @@ def test_one_source_over_its_cap_is_refused_and_others_still_admitted() -> None:
         assert ("rejected", Refusal.SOURCE_LIMIT) in world.observer.events
     finally:
         world.close()
+
+
+def test_a_stalled_pump_handed_back_reads_its_source_again_unless_the_leftover_fills_the_client(
+    world: World,
+) -> None:
+    tunnel, client, gateway = world.established()
+    gateway.pause_reading()  # as a pump of gateway -> client had it
+    client.unsent = len(b"a little leftover")  # the client does not read: it waits in the buffer
+    tunnel.pump_released(False, b"a little leftover")  # below the high-water mark: no resume_writing comes
+    assert client.written.endswith(b"a little leftover") and gateway.reading
+    gateway.pause_reading()
+    client.unsent = 40 * 1024  # the leftover filled the client past --buffer-size: wait for resume_writing
+    tunnel.pump_released(False, b"x" * 40 * 1024)
+    assert not gateway.reading
+    client.unsent = 0
+    tunnel.resume_writing()
+    assert gateway.reading
