@@ -96,6 +96,8 @@ class _AnswerReader(asyncio.Protocol):
         if answer is not None:
             self.answer.set_result(answer)
 
+    received = data_received  # chunks read before the hand-over (Connecting.replay)
+
     def eof_received(self) -> bool:
         self.connection_lost(None)
         return False

@@ -317,7 +317,9 @@ class PumpHost(Protocol):
 
     up_pump: SplicePump | None
     down_pump: SplicePump | None
-    peer: tuple[str, int] | None
+
+    @property
+    def peer(self) -> tuple[str, int] | None: ...
 
     def pump_moved(self, up: bool, count: int) -> None: ...
     def pump_eof(self, up: bool) -> None: ...

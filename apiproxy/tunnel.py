@@ -114,7 +114,7 @@ class TunnelObserver(Protocol):
     """What metrics, the access log and logs see of tunnels. Called on the event loop; must not block."""
 
     def tunnel_opened(self, tunnel: Tunnel) -> None: ...
-    def tunnel_established(self, tunnel: Tunnel) -> None: ...
+    def tunnel_established(self, tunnel: Tunnel, seconds: float) -> None: ...
     def tunnel_closed(self, tunnel: Tunnel) -> None: ...
     def connection_rejected(self, reason: Refusal, peer: tuple[str, int] | None) -> None: ...
 
@@ -125,7 +125,7 @@ class NullObserver:
     def tunnel_opened(self, tunnel: Tunnel) -> None:
         pass
 
-    def tunnel_established(self, tunnel: Tunnel) -> None:
+    def tunnel_established(self, tunnel: Tunnel, seconds: float) -> None:
         pass
 
     def tunnel_closed(self, tunnel: Tunnel) -> None:
@@ -155,6 +155,8 @@ class TunnelContext:
         # Where gateway connections read, and clients once their gateway has filled up (BoundedReads): at
         # most READ_SIZE at a time. Each read is copied out at once, so one buffer serves the whole loop.
         self.read_view = memoryview(bytearray(READ_SIZE))
+        # The gateway connections' get_buffer: one bound method shared by every tunnel (see UpstreamSide).
+        self.get_read_buffer = self._read_buffer
         self.resolver = Resolver(config.upstream, config.dns_family, config.dns_refresh)
         self.dialer = dialer or Dialer(config, self.resolver, self.read_view)
         self.proxy_protocol = config.upstream_protocol is UpstreamProtocol.PROXY_PROTOCOL_V2
@@ -172,6 +174,9 @@ class TunnelContext:
         self._deadline_sweep: asyncio.TimerHandle | None = None
         self._idle_sweep: asyncio.TimerHandle | None = None
 
+    def _read_buffer(self, sizehint: int) -> memoryview:
+        return self.read_view
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         if self.config.splice and splice.AVAILABLE:
@@ -184,7 +189,8 @@ class TunnelContext:
         nothing steers new connections elsewhere, so refusing them would protect nothing (see handover/)."""
         if len(self.tunnels) >= self.max_connections:
             return Refusal.OVERFLOW
-        source = tunnel.peer[0] if tunnel.peer is not None else ""
+        peer = tunnel.peer
+        source = peer[0] if peer is not None else ""
         held = self.per_source.get(source, 0)
         if held >= self.max_per_source:
             return Refusal.SOURCE_LIMIT
@@ -197,7 +203,8 @@ class TunnelContext:
     def release(self, tunnel: Tunnel) -> None:
         self.tunnels.discard(tunnel)
         self._deadlines.discard(tunnel)
-        source = tunnel.peer[0] if tunnel.peer is not None else ""
+        peer = tunnel.peer
+        source = peer[0] if peer is not None else ""
         held = self.per_source.get(source, 0) - 1
         if held > 0:
             self.per_source[source] = held
@@ -277,33 +284,45 @@ class BoundedReads(asyncio.BufferedProtocol):
 class UpstreamSide(asyncio.BufferedProtocol):
     """The gateway connection of a tunnel, from the moment the dialer hands it over. It reads through the
     context's buffer, at most READ_SIZE at a time (the connection reads so from the start: `Connecting`),
-    so a client that reads slowly or not at all costs the direction --buffer-size plus one such read."""
+    so a client that reads slowly or not at all costs the direction --buffer-size plus one such read.
+
+    Memory per open tunnel: uvloop keeps a bound method of each read callback it finds on the protocol
+    (64 bytes each). `get_buffer` is therefore the context's (one bound method for every tunnel, in a
+    slot), and `data_received` is None: uvloop binds it even for a BufferedProtocol but never calls it
+    (a missing one would leave `Connecting`'s bound there, and `Connecting` alive). The chunks that
+    `Connecting` replays come through `received`."""
 
     __slots__ = (
         "eof",
+        "forward",
+        "get_buffer",
         "handshake",
         "head_bytes",
         "lost",
-        "peer_write",
         "rx_bytes",
         "transport",
         "tunnel",
         "view",
     )
 
+    get_buffer: Callable[[int], memoryview]  # type: ignore[assignment]  # the context's, set per tunnel
+    data_received = None
+
     def __init__(self, tunnel: Tunnel, handshake: ConnectHandshake | None) -> None:
         self.tunnel = tunnel
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.handshake = handshake
-        # Set when the relay starts: the client transport's write.
-        self.peer_write: Callable[[bytes], None] | None = None
+        # Set when the relay starts: the client's transport, where the gateway's bytes go.
+        self.forward: asyncio.Transport | None = None
         self.rx_bytes = 0
         # Bytes of the gateway's answer head (all it sent, if it refused): Envoy's upstream byte counters
         # include them.
         self.head_bytes = 0
         self.eof = False
         self.lost = False
-        self.view = tunnel.context.read_view
+        context = tunnel.context
+        self.view = context.read_view
+        self.get_buffer = context.get_read_buffer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -311,27 +330,25 @@ class UpstreamSide(asyncio.BufferedProtocol):
         buffer_size = self.tunnel.context.config.buffer_size
         transport.set_write_buffer_limits(high=buffer_size, low=buffer_size // 4)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.view
-
     def buffer_updated(self, nbytes: int) -> None:
-        # data_received, inlined: this is the hot path of every byte from the gateway.
+        # `received`, inlined: this is the hot path of every byte from the gateway.
         data = self.view[:nbytes].tobytes()
-        peer_write = self.peer_write
-        if peer_write is not None:
+        forward = self.forward
+        if forward is not None:
             self.rx_bytes += nbytes
-            peer_write(data)
+            forward.write(data)
             if nbytes >= SPLICE_THRESHOLD:
                 self.tunnel.splice(False)
         else:
             self.head_bytes += nbytes
             self.tunnel.answer_received(data)
 
-    def data_received(self, data: bytes) -> None:
-        peer_write = self.peer_write
-        if peer_write is not None:
+    def received(self, data: bytes) -> None:
+        """A chunk the connection read before the hand-over (replayed by `Connecting`)."""
+        forward = self.forward
+        if forward is not None:
             self.rx_bytes += len(data)
-            peer_write(data)
+            forward.write(data)
             if len(data) >= SPLICE_THRESHOLD:
                 self.tunnel.splice(False)
         else:
@@ -372,13 +389,11 @@ class Tunnel(asyncio.Protocol):
         "deadline",
         "down_pump",
         "ended_at",
-        "established_at",
+        "forward",
         "held",
         "idle_mark",
         "idle_quiet",
         "lingered",
-        "peer",
-        "peer_write",
         "pending",
         "phase",
         "published_rx",
@@ -401,9 +416,8 @@ class Tunnel(asyncio.Protocol):
         self.phase = Phase.WAITING
         self.upstream: UpstreamSide | None = None
         self.upstream_address: Address | None = None
-        self.peer: tuple[str, int] | None = None
-        # Once relaying: the gateway transport's write.
-        self.peer_write: Callable[[bytes], None] | None = None
+        # Once relaying: the gateway's transport, where the client's bytes go.
+        self.forward: asyncio.Transport | None = None
         # Client bytes read before the gateway's 2xx (one read: reading is paused after it).
         self.pending: list[bytes] | None = None
         self.held = 0  # bytes in `pending`, counted
@@ -423,11 +437,12 @@ class Tunnel(asyncio.Protocol):
         self.published_rx = self.published_tx = 0
         self.reason: Reason | None = None
         self.response_code = 0
-        self.started_wall = 0.0
+        # Times (time.monotonic()), each set when it happens; 0.0 until then. The wall-clock start (for the
+        # access log) is worked out at the end from the end's wall clock: no float per open tunnel.
         self.started_at = 0.0
         self.connected_at = 0.0
-        self.established_at = 0.0
         self.ended_at = 0.0
+        self.started_wall = 0.0
 
     # --- figures for observers ------------------------------------------------------------------------
 
@@ -440,6 +455,15 @@ class Tunnel(asyncio.Protocol):
     def open(self) -> bool:
         return self.phase is not Phase.ENDED
 
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        """The client's (host, port). uvloop keeps the address inside the transport and builds a tuple on
+        each request: asked for when needed (admission, release, the access log), it costs no tuple, string
+        and int per open tunnel."""
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return peer if peer is None or len(peer) == 2 else (peer[0], peer[1])
+
     # --- the client connection ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -447,10 +471,6 @@ class Tunnel(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         context = self.context
         self.started_at = time.monotonic()
-        self.started_wall = time.time()
-        peer = transport.get_extra_info("peername")
-        # uvloop's own (host, port) tuple where it is one (IPv4): a tuple less per tunnel.
-        self.peer = peer if peer is None or len(peer) == 2 else (peer[0], peer[1])
         refusal = context.admit(self)
         if refusal is not None:
             self.phase = Phase.ENDED
@@ -468,10 +488,10 @@ class Tunnel(asyncio.Protocol):
             self._dial([])
 
     def data_received(self, data: bytes) -> None:
-        peer_write = self.peer_write
-        if peer_write is not None:
+        forward = self.forward
+        if forward is not None:
             self.rx_bytes += len(data)
-            peer_write(data)
+            forward.write(data)
             if len(data) >= SPLICE_THRESHOLD:
                 self.splice(True)
             return
@@ -610,10 +630,9 @@ class Tunnel(asyncio.Protocol):
         assert upstream is not None
         self.context.clear_deadline(self)
         self.phase = Phase.RELAYING
-        self.established_at = time.monotonic()
         client, gateway = self.transport, upstream.transport
-        upstream.peer_write = client.write
-        self.peer_write = gateway.write
+        upstream.forward = client
+        self.forward = gateway
         if tunnel_data:  # bytes the gateway sent right behind its answer belong to the client
             upstream.head_bytes -= len(tunnel_data)
             upstream.rx_bytes += len(tunnel_data)
@@ -628,7 +647,7 @@ class Tunnel(asyncio.Protocol):
                 gateway.write_eof()
         elif self.held >= READ_SIZE:
             client.resume_reading()
-        self.context.observer.tunnel_established(self)
+        self.context.observer.tunnel_established(self, time.monotonic() - self.started_at)
 
     def gateway_eof(self) -> None:
         phase = self.phase
@@ -786,7 +805,8 @@ class Tunnel(asyncio.Protocol):
         if self.setup is not None:
             return  # _setup_done calls back
         self.phase = Phase.ENDED
-        self.ended_at = time.monotonic()
+        self.ended_at = ended_at = time.monotonic()
+        self.started_wall = time.time() - (ended_at - self.started_at)
         context = self.context
         context.release(self)
         context.observer.tunnel_closed(self)

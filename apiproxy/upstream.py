@@ -118,11 +118,11 @@ def format_address(address: Address) -> str:
 
 
 class Receiver(Protocol):
-    """What `Connecting.replay` gives the recorded events to (a Protocol, or a BufferedProtocol that also
-    takes whole chunks)."""
+    """What `Connecting.replay` gives the recorded events to: a protocol that also takes whole chunks
+    through `received` (a BufferedProtocol need not have a data_received for uvloop to keep bound)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
-    def data_received(self, data: bytes) -> None: ...
+    def received(self, data: bytes) -> None: ...
     def eof_received(self) -> bool | None: ...
     def connection_lost(self, exc: Exception | None) -> None: ...
 
@@ -158,7 +158,7 @@ class Connecting(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self.receiver is not None:
-            self.receiver.data_received(data)
+            self.receiver.received(data)
             return
         self.events.append(data)
         assert self.transport is not None
@@ -197,7 +197,7 @@ class Connecting(asyncio.BufferedProtocol):
             transport.resume_reading()
         for event in events:
             if isinstance(event, bytes):
-                protocol.data_received(event)
+                protocol.received(event)
             elif event is _EOF:
                 protocol.eof_received()
             else:

@@ -54,6 +54,16 @@ def _config(listen: tuple[str, int], upstream: tuple[str, int], metrics_port: in
 # --- observer mode --------------------------------------------------------------------------------------
 
 
+class _Client:
+    """A client connection as far as the observer asks: its address."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        self.peer = peer
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peer if name == "peername" else default
+
+
 def observer_run(tunnels: int, monitoring: bool) -> float:
     """CPU seconds for `tunnels` records through the observer (or the NullObserver)."""
     from apiproxy.config import parse_endpoint  # noqa: F401  (imports what `apiproxy run` has loaded)
@@ -81,7 +91,7 @@ def observer_run(tunnels: int, monitoring: bool) -> float:
     started = time.process_time()
     for n in range(tunnels):
         tunnel = Tunnel(context)
-        tunnel.peer = ("10.0.3.7", 30000 + n % 30000)
+        tunnel.transport = _Client(("10.0.3.7", 30000 + n % 30000))  # type: ignore[assignment]
         tunnel.started_wall = wall + n * 0.0003  # ~3,000 tunnels/s: the log's second changes rarely
         tunnel.started_at = 1000.0 + n * 0.0003
         observer.tunnel_opened(tunnel)
@@ -90,9 +100,8 @@ def observer_run(tunnels: int, monitoring: bool) -> float:
         tunnel.upstream = upstream
         tunnel.upstream_address = gateway
         tunnel.connected_at = tunnel.started_at + 0.0004
-        tunnel.established_at = tunnel.started_at + 0.0009
         tunnel.phase = Phase.RELAYING
-        observer.tunnel_established(tunnel)
+        observer.tunnel_established(tunnel, 0.0009)
         tunnel.rx_bytes = 517 + n % 100
         upstream.rx_bytes = 4096 + n % 1000
         tunnel.reason = Reason.COMPLETED

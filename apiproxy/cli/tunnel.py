@@ -142,7 +142,7 @@ class TunnelStatusLog:
     def tunnel_opened(self, tunnel: Tunnel) -> None:
         pass
 
-    def tunnel_established(self, tunnel: Tunnel) -> None:
+    def tunnel_established(self, tunnel: Tunnel, seconds: float) -> None:
         pass
 
     def tunnel_closed(self, tunnel: Tunnel) -> None:

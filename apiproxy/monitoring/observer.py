@@ -53,8 +53,8 @@ class MonitoringObserver:
     def tunnel_opened(self, tunnel: Tunnel) -> None:
         self.native.opened += 1
 
-    def tunnel_established(self, tunnel: Tunnel) -> None:
-        self.native.connect_duration.observe(tunnel.established_at - tunnel.started_at)
+    def tunnel_established(self, tunnel: Tunnel, seconds: float) -> None:
+        self.native.connect_duration.observe(seconds)
 
     def tunnel_closed(self, tunnel: Tunnel) -> None:
         rx, tx = tunnel.rx_bytes, tunnel.tx_bytes

@@ -72,11 +72,12 @@ def client_reset(lab: Lab) -> dict[str, int]:
 
 
 def client_leaves_before_answer(lab: Lab) -> dict[str, int]:
-    """The client leaves while a silent gateway has not answered. apiproxy reads nothing from a client
-    before the answer, so it learns of the FIN only then: the tunnel ends at the answer timeout, counted
-    as answer_timeout, and nothing of it is left behind."""
+    """The client sends its first bytes (the proxy dials on them) and leaves while a silent gateway has not
+    answered. The FIN is remembered, to be carried after the held bytes once the gateway answers: the
+    tunnel ends at the answer timeout, counted as answer_timeout, and nothing of it is left behind."""
     lab.fault.faults.append(silent)
     sock = socket.create_connection(lab.proxy.address, timeout=10)
+    sock.sendall(b"\x16")
     wait_for(lambda: not lab.fault.faults, 5, "the gateway reached")
     sock.close()
     return {"answer_timeout": 1}

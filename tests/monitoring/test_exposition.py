@@ -44,6 +44,16 @@ class StandInVIP:
     on_repair = None
 
 
+class StandInClient:
+    """A client connection as far as the observer asks: its address (the tunnel reads it when needed)."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        self.peer = peer
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peer if name == "peername" else default
+
+
 def scripted(upstream_host: str, envoy_names: bool = True) -> str:
     """The exposition and the access log after the fixed sequence, separated by a `----` line."""
     config = ProxyConfig(
@@ -71,7 +81,7 @@ def scripted(upstream_host: str, envoy_names: bool = True) -> str:
 
     def opened(n: int, connected: bool = True, established: bool = True, head: int = 19) -> Tunnel:
         tunnel = Tunnel(context)
-        tunnel.peer = ("10.0.3.7", 40000 + n) if n % 3 else ("fd00::7", 40000 + n)
+        tunnel.transport = StandInClient(("10.0.3.7", 40000 + n) if n % 3 else ("fd00::7", 40000 + n))  # type: ignore[assignment]
         tunnel.started_wall = 1790000000.1234567 + n * 0.37
         tunnel.started_at = 1000.0 + n
         context.tunnels.add(tunnel)
@@ -83,9 +93,8 @@ def scripted(upstream_host: str, envoy_names: bool = True) -> str:
             tunnel.upstream_address = (2, ("10.250.0.9", 8443))
             tunnel.connected_at = tunnel.started_at + 0.0004 * (n + 1)
         if established:
-            tunnel.established_at = tunnel.started_at + 0.0009 * (n + 1)
             tunnel.phase = Phase.RELAYING
-            observer.tunnel_established(tunnel)
+            observer.tunnel_established(tunnel, 0.0009 * (n + 1))
         return tunnel
 
     def closed(tunnel: Tunnel, reason: Reason | None, rx: int = 100, tx: int = 200, code: int = 200,
