@@ -29,6 +29,7 @@ import contextlib
 import logging
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from enum import Enum, IntEnum
@@ -190,7 +191,8 @@ class TunnelContext:
         if len(self.tunnels) >= self.max_connections:
             return Refusal.OVERFLOW
         peer = tunnel.peer
-        source = peer[0] if peer is not None else ""
+        # The host, interned: the tunnels of one pod share one string, and release finds the same key.
+        tunnel.source = source = sys.intern(peer[0]) if peer is not None else ""
         held = self.per_source.get(source, 0)
         if held >= self.max_per_source:
             return Refusal.SOURCE_LIMIT
@@ -203,8 +205,7 @@ class TunnelContext:
     def release(self, tunnel: Tunnel) -> None:
         self.tunnels.discard(tunnel)
         self._deadlines.discard(tunnel)
-        peer = tunnel.peer
-        source = peer[0] if peer is not None else ""
+        source = tunnel.source
         held = self.per_source.get(source, 0) - 1
         if held > 0:
             self.per_source[source] = held
@@ -402,6 +403,7 @@ class Tunnel(asyncio.Protocol):
         "response_code",
         "rx_bytes",
         "setup",
+        "source",
         "started_at",
         "started_wall",
         "transport",
@@ -416,6 +418,7 @@ class Tunnel(asyncio.Protocol):
         self.phase = Phase.WAITING
         self.upstream: UpstreamSide | None = None
         self.upstream_address: Address | None = None
+        self.source = ""  # the client's host, as admission counted it (TunnelContext.admit)
         # Once relaying: the gateway's transport, where the client's bytes go.
         self.forward: asyncio.Transport | None = None
         # Client bytes read before the gateway's 2xx (one read: reading is paused after it).
@@ -460,8 +463,13 @@ class Tunnel(asyncio.Protocol):
         """The client's (host, port). uvloop keeps the address inside the transport and builds a tuple on
         each request: asked for when needed (admission, release, the access log), it costs no tuple, string
         and int per open tunnel."""
-        transport = self.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
+        transport: asyncio.Transport | None = self.transport  # None before connection_made
+        if transport is None:
+            return None
+        try:
+            peer = transport.get_extra_info("peername")
+        except AttributeError:  # uvloop, once closed, where it could not read the address at accept
+            return None
         return peer if peer is None or len(peer) == 2 else (peer[0], peer[1])
 
     # --- the client connection ------------------------------------------------------------------------

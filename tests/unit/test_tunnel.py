@@ -418,6 +418,31 @@ def test_one_source_over_its_cap_is_refused_and_others_still_admitted() -> None:
         world.close()
 
 
+def test_a_client_whose_address_is_gone_by_its_end_is_released_and_logged_without_one() -> None:
+    """uvloop reads the peer's address when it accepts; where that failed (the client reset at once), asking
+    for it once the connection is closed raises AttributeError inside uvloop. Admission counted the
+    tunnel under no source; release, the log and the observer must cope (stand-in: the fake transport
+    raises as uvloop does)."""
+    world = World()
+    try:
+        tunnel, client = world.accept(None)  # type: ignore[arg-type]  # uvloop's answer while open
+        _other, other_client = world.accept(("10.1.2.3", 40001))
+        assert world.context.per_source == {"": 1, "10.1.2.3": 1}
+
+        def closed_uvloop_transport(name: str, default: Any = None) -> Any:
+            raise AttributeError("'NoneType' object has no attribute 'getpeername'")
+
+        client.get_extra_info = closed_uvloop_transport  # type: ignore[method-assign]
+        assert tunnel.peer is None
+        client.reset_by_peer()
+        assert tunnel.phase is Phase.ENDED and world.closed() == [Reason.DOWNSTREAM_RESET]
+        assert world.context.per_source == {"10.1.2.3": 1} and tunnel not in world.context.tunnels
+        other_client.reset_by_peer()
+        assert world.context.per_source == {}
+    finally:
+        world.close()
+
+
 def test_a_stalled_pump_handed_back_reads_its_source_again_unless_the_leftover_fills_the_client(
     world: World,
 ) -> None:
