@@ -461,8 +461,8 @@ class Tunnel(asyncio.Protocol):
     @property
     def peer(self) -> tuple[str, int] | None:
         """The client's (host, port). uvloop keeps the address inside the transport and builds a tuple on
-        each request: asked for when needed (admission, release, the access log), it costs no tuple, string
-        and int per open tunnel."""
+        each request: asked for when needed (admission, the access log, logs), it costs no tuple, string and
+        int per open tunnel. Release uses the key admission kept (`source`)."""
         transport: asyncio.Transport | None = self.transport  # None before connection_made
         if transport is None:
             return None
