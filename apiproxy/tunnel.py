@@ -42,7 +42,16 @@ from .handshake import ConnectHandshake, HandshakeError, build_connect_request
 from .proxy_protocol import encode_v2
 from .reasons import SETUP_FAILURES, Reason, Refusal
 from .splice import READ_SIZE, SPLICE_THRESHOLD, SplicePump, Splicer
-from .upstream import Address, Dialer, Resolver, UpstreamError
+from .upstream import (
+    Address,
+    Connecting,
+    Dial,
+    Dialer,
+    Resolver,
+    UpstreamError,
+    keepalive_options,
+    set_keepalive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +98,11 @@ REASON_PHRASE_LIMIT = 128
 # How often the context checks deadlines (first byte, CONNECT answer, lingering close): they fire up to
 # this much late, never early.
 DEADLINE_TICK = 0.1
+# A gateway connection gets its keepalive options from a coarse sweep at most this long after its dial (a
+# tenth of the keepalive idle time, if that is shorter). Keepalive acts only after that idle time (Gardener:
+# 2 h), so the first probe comes at most this much later than had the options been set at the dial; a tunnel
+# that ends before the sweep never needed them, and setting them costs some 30 us per tunnel.
+KEEPALIVE_DELAY = 1.0
 # The idle check runs this many times per idle timeout; a tunnel is closed after that many quiet checks in
 # a row, so it lives between 1 and 1.25 idle timeouts without traffic.
 IDLE_TICKS = 4
@@ -166,6 +180,8 @@ class TunnelContext:
             if self.proxy_protocol
             else build_connect_request(config.connect_authority, config.connect_headers)
         )
+        self.keepalive = keepalive_options(config)
+        self.keepalive_delay = min(KEEPALIVE_DELAY, config.tcp_keepalive_time / 10)
         self.splicer: Splicer | None = None
         self.tunnels: set[Tunnel] = set()
         self.per_source: dict[str, int] = {}
@@ -173,6 +189,8 @@ class TunnelContext:
         self.draining = False
         self._deadlines: set[Tunnel] = set()
         self._deadline_sweep: asyncio.TimerHandle | None = None
+        self._keepalive_due: set[Tunnel] = set()
+        self._keepalive_sweep: asyncio.TimerHandle | None = None
         self._idle_sweep: asyncio.TimerHandle | None = None
 
     def _read_buffer(self, sizehint: int) -> memoryview:
@@ -205,6 +223,7 @@ class TunnelContext:
     def release(self, tunnel: Tunnel) -> None:
         self.tunnels.discard(tunnel)
         self._deadlines.discard(tunnel)
+        self._keepalive_due.discard(tunnel)
         source = tunnel.source
         held = self.per_source.get(source, 0) - 1
         if held > 0:
@@ -233,6 +252,21 @@ class TunnelContext:
             tunnel.deadline_passed()
         if self._deadlines:
             self._deadline_sweep = self.loop.call_later(DEADLINE_TICK, self._sweep_deadlines)
+
+    def keepalive_later(self, tunnel: Tunnel) -> None:
+        """Give `tunnel`'s gateway connection its keepalive options with the next keepalive sweep."""
+        self._keepalive_due.add(tunnel)
+        if self._keepalive_sweep is None:
+            self._keepalive_sweep = self.loop.call_later(self.keepalive_delay, self._sweep_keepalive)
+
+    def _sweep_keepalive(self) -> None:
+        self._keepalive_sweep = None
+        due, self._keepalive_due = self._keepalive_due, set()
+        for tunnel in due:
+            upstream = tunnel.upstream
+            if upstream is not None and not upstream.lost:
+                with contextlib.suppress(OSError):  # broken meanwhile: its protocol hears of it
+                    set_keepalive(upstream.transport, self.keepalive)
 
     def _sweep_idle(self) -> None:
         self._idle_sweep = None
@@ -427,7 +461,7 @@ class Tunnel(asyncio.Protocol):
         self.bounded = False  # reads are BoundedReads (its destination has filled up once)
         self.up_pump: SplicePump | None = None
         self.down_pump: SplicePump | None = None
-        self.setup: asyncio.Task[None] | None = None
+        self.setup: Dial | None = None  # the dial, until it reports (gateway_reached / gateway_unreached)
         self.deadline = 0.0
         # Bytes moved at the last idle check; -1 so that the first check never counts as quiet.
         self.idle_mark = -1
@@ -569,25 +603,45 @@ class Tunnel(asyncio.Protocol):
         self.pending = pending
         self._hold(sum(map(len, pending)))
         self.phase = Phase.DIALING
-        self.setup = setup = self.context.loop.create_task(self._open_gateway())
-        setup.add_done_callback(self._setup_done)
-
-    async def _open_gateway(self) -> None:
-        context = self.context
+        self.setup = setup = self.context.dialer.dial(self)
         try:
-            connection, address = await context.dialer.connect()
-        except UpstreamError as error:
+            setup.start()
+        except Exception as error:  # a bug: end the tunnel rather than leave the client waiting for an hour
+            self.setup = None
+            self._setup_failed(error)
+
+    def gateway_reached(self, connection: Connecting, address: Address) -> None:
+        """The dial's outcome (upstream.Dial): a connection to the gateway, not yet handed to a protocol."""
+        self.setup = None
+        try:
+            self._use_gateway(connection, address)
+        except Exception as error:  # a bug, as above
+            if self.upstream is None and connection.transport is not None:
+                connection.transport.abort()
+            self._setup_failed(error)
+        self._maybe_finish()
+
+    def gateway_unreached(self, error: BaseException | None) -> None:
+        """The dial's outcome: no connection (an UpstreamError says why; None: the tunnel ended meanwhile)."""
+        self.setup = None
+        if isinstance(error, UpstreamError):
             self._end(error.reason, str(error))
-            return
+        elif error is not None:
+            self._setup_failed(error)
+        self._maybe_finish()
+
+    def _use_gateway(self, connection: Connecting, address: Address) -> None:
+        context = self.context
         self.upstream_address = address
         self.connected_at = time.monotonic()
-        if self.phase is not Phase.DIALING:  # the client left, or the proxy is being stopped
+        if self.phase is not Phase.DIALING:  # the tunnel ended, and the dial could not be cancelled in time
             assert connection.transport is not None
             connection.transport.abort()
             return
         upstream = UpstreamSide(self, None if context.proxy_protocol else ConnectHandshake())
-        self.upstream = upstream
         gateway = connection.hand_over(upstream)
+        self.upstream = upstream
+        context.keepalive_later(self)
         if context.proxy_protocol:
             # The gateway learns the shoot from the destination: the address the client connected to.
             local = self.transport.get_extra_info("sockname")
@@ -599,16 +653,9 @@ class Tunnel(asyncio.Protocol):
             context.set_deadline(self, context.config.connect_answer_timeout)
         connection.replay(upstream)
 
-    def _setup_done(self, task: asyncio.Task[None]) -> None:
-        # Drop the finished task: it and its coroutine (frame included) would otherwise live as long as
-        # the tunnel.
-        self.setup = None
-        if not task.cancelled():
-            error = task.exception()
-            if error is not None:  # a bug: end the tunnel rather than leave the client waiting for an hour
-                log.error("tunnel from %s: setup failed", format_peer(self.peer), exc_info=error)
-                self._end(Reason.INTERNAL_ERROR)
-        self._maybe_finish()
+    def _setup_failed(self, error: BaseException) -> None:
+        log.error("tunnel from %s: setup failed", format_peer(self.peer), exc_info=error)
+        self._end(Reason.INTERNAL_ERROR)
 
     def answer_received(self, data: bytes) -> None:
         upstream = self.upstream
@@ -811,7 +858,7 @@ class Tunnel(asyncio.Protocol):
         if upstream is not None and not upstream.lost:
             return
         if self.setup is not None:
-            return  # _setup_done calls back
+            return  # the dial reports back
         self.phase = Phase.ENDED
         self.ended_at = ended_at = time.monotonic()
         self.started_wall = time.time() - (ended_at - self.started_at)

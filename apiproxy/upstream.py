@@ -1,5 +1,6 @@
 """Reaching the seed gateway: resolve its name (cached, refreshed, shared) and open a TCP connection
-with timeout, keepalive and failover across the addresses the name resolves to.
+with timeout and failover across the addresses the name resolves to; the keepalive options a gateway
+connection gets (set by the tunnel context's sweep, see tunnel.KEEPALIVE_DELAY).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
 from .addresses import host_port
@@ -59,6 +60,10 @@ class Resolver:
     @property
     def cached(self) -> list[Address]:
         return self._addresses
+
+    def fresh(self) -> list[Address] | None:
+        """The addresses, if they need no lookup now; else None (then `resolve()`)."""
+        return self._addresses if time.monotonic() < self._expires else None
 
     async def resolve(self) -> list[Address]:
         if time.monotonic() < self._expires:
@@ -129,9 +134,10 @@ class Receiver(Protocol):
 
 class Connecting(asyncio.BufferedProtocol):
     """The protocol of a gateway connection while it is being dialled. It keeps what the connection reports
-    until the dial has returned and `hand_over` gives it to its real protocol, so that an attempt the dialer
-    abandons (a timeout, a failed keepalive option) never reaches a tunnel, and bytes the gateway sends
-    before the dial returns are not lost. It reads at most once meanwhile.
+    until the dial has taken it and `hand_over` gives it to its real protocol, so that an attempt the dial
+    abandons (its deadline, or the tunnel's end, fell after the connection was made) never reaches a tunnel,
+    and bytes the gateway sends before the dial takes the connection are not lost. It reads at most once
+    meanwhile.
 
     It reads through `view` (a BufferedProtocol: reads of at most its size): uvloop fixes a connection's
     read mode when it starts reading, so this is the mode the connection keeps after the hand-over, which
@@ -215,12 +221,25 @@ class _Lost:
         self.exc = exc
 
 
+# How often the dialer checks its attempts' timeouts: they fire up to this much late, never early.
+TIMEOUT_TICK = 0.1
+
+
+class DialReceiver(Protocol):
+    """What a `Dial` reports its outcome to, exactly once."""
+
+    def gateway_reached(self, connection: Connecting, address: Address) -> None: ...
+
+    def gateway_unreached(self, error: BaseException | None) -> None:
+        """`error`: an UpstreamError (no address worked), another exception (a bug), or None (cancelled)."""
+
+
 class Dialer:
     """Opens TCP connections to the gateway, trying each resolved address in turn.
 
     The address that last worked is tried first, so a dead first address costs one timeout once, not
-    on every tunnel. Each attempt has a `Connecting` protocol of its own; the caller hands the winner's
-    connection to its protocol.
+    on every tunnel. Each attempt has a `Connecting` protocol of its own; the receiver hands the winner's
+    connection to its protocol. Attempts time out by a coarse sweep (TIMEOUT_TICK), not a timer each.
     """
 
     def __init__(self, config: TunnelConfig, resolver: Resolver, read_view: memoryview | None = None) -> None:
@@ -229,77 +248,257 @@ class Dialer:
         # Where gateway connections read (see Connecting): the tunnels' shared buffer, or one of its own.
         self.read_view = read_view if read_view is not None else memoryview(bytearray(READ_SIZE))
         self.loop: asyncio.AbstractEventLoop | None = None  # the running loop, from the first dial on
-        self._preferred: Address | None = None
-        self._keepalive = keepalive_options(config)
+        self.preferred: Address | None = None
+        self._attempts: set[Dial] = set()  # dials with an attempt in flight, for the timeout sweep
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def new_connection(self) -> Connecting:
+        """The protocol factory of every attempt."""
+        return Connecting(self.read_view)
+
+    def dial(self, receiver: DialReceiver) -> Dial:
+        """A dial for `receiver`, to be started with `start()`: the caller keeps it first, to `cancel()` it."""
+        loop = self.loop
+        if loop is None:
+            # Looked up once: asyncio.get_running_loop() makes a getpid() system call each time.
+            self.loop = loop = asyncio.get_running_loop()
+        return Dial(self, loop, receiver)
 
     async def connect(self) -> tuple[Connecting, Address]:
-        addresses = await self.resolver.resolve()
-        preferred = self._preferred
-        if preferred is not None and preferred in addresses and addresses[0] != preferred:
-            addresses = [preferred, *(a for a in addresses if a != preferred)]
-        # Looked up once: asyncio.get_running_loop() makes a getpid() system call each time.
-        loop = self.loop or asyncio.get_running_loop()
-        self.loop = loop
-        errors: list[UpstreamError] = []
-        for address in addresses:
-            try:
-                connection = await self._dial(loop, address)
-            except UpstreamError as error:
-                errors.append(error)
-                continue
-            self._preferred = address
-            return connection, address
-        if len(errors) == 1:
-            raise errors[0]
-        raise UpstreamError(errors[-1].reason, "; ".join(str(e) for e in errors))
-
-    async def _dial(self, loop: asyncio.AbstractEventLoop, address: Address) -> Connecting:
-        """One TCP connection to one resolved address. The loop creates and connects the socket itself:
-        with an IP literal uvloop skips getaddrinfo and libuv connects, sets TCP_NODELAY and registers the
-        socket with no Python-level selector callbacks (fewer syscalls and objects per tunnel than
-        connecting a socket of our own and handing it over)."""
-        family, sockaddr = address
-        host = sockaddr[0] if family != socket.AF_INET6 or not sockaddr[3] else f"{sockaddr[0]}%{sockaddr[3]}"
-        where = format_address(address)
-        # The timeout as a plain timer that cancels this task (asyncio.timeout() asks for the running loop
-        # and the current task again, a getpid() system call each).
-        task = asyncio.current_task(loop)
-        assert task is not None
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            task.cancel()
-
-        timer = loop.call_later(self.config.connect_timeout, expire)
+        """One dial, awaited: for a single connection (the probe). Raises UpstreamError."""
+        outcome: asyncio.Future[tuple[Connecting, Address]] = asyncio.get_running_loop().create_future()
+        dial = self.dial(_Awaited(outcome))
+        dial.start()
         try:
-            transport, connection = await loop.create_connection(
-                lambda: Connecting(self.read_view), host, sockaddr[1], family=family
-            )
+            return await outcome
         except asyncio.CancelledError:
-            if not expired:
-                raise  # the tunnel was ended meanwhile
-            task.uncancel()
-            raise UpstreamError(
-                Reason.CONNECT_TIMEOUT,
-                f"connecting to gateway {where} timed out after {self.config.connect_timeout:g}s",
-            ) from None
-        except ConnectionRefusedError:
-            raise UpstreamError(Reason.CONNECT_REFUSED, f"gateway {where} refused the connection") from None
-        except OSError as error:  # unreachable, reset, or no descriptor for a socket (EMFILE)
-            raise UpstreamError(
-                Reason.CONNECT_ERROR, f"cannot connect to gateway {where}: {error.strerror or error}"
-            ) from None
-        finally:
-            timer.cancel()
+            dial.cancel()
+            raise
+
+    def track(self, dial: Dial) -> None:
+        self._attempts.add(dial)
+        if self._sweep is None:
+            self._sweep = dial.loop.call_later(TIMEOUT_TICK, self._expire)
+
+    def untrack(self, dial: Dial) -> None:
+        self._attempts.discard(dial)
+
+    def _expire(self) -> None:
+        self._sweep = None
+        assert self.loop is not None
+        now = self.loop.time()
+        for dial in [dial for dial in self._attempts if dial.deadline <= now]:
+            self._attempts.discard(dial)
+            dial.expire()
+        if self._attempts:
+            self._sweep = self.loop.call_later(TIMEOUT_TICK, self._expire)
+
+
+class Dial:
+    """One way to the gateway: each resolved address in turn (the one that last worked first) until one
+    connects; then, or when none did, or once cancelled, the receiver hears of it, once.
+
+    No Task per tunnel: the loop's `create_connection` coroutine is driven from the done callbacks of the
+    futures it waits for, as a Task would drive it, and an attempt's timeout is the dialer's sweep. A
+    timeout or cancel cancels the future the coroutine waits for, so the coroutine unwinds (closing a
+    connection it made) before the next attempt or the report. An attempt abandoned after its connection
+    was made (the deadline fell between) closes that connection: only the reported one reaches a tunnel.
+
+    With an IP literal, uvloop's create_connection skips getaddrinfo, and libuv connects, sets TCP_NODELAY
+    and registers the socket with no Python-level selector callbacks (fewer system calls and objects per
+    tunnel than connecting a socket of our own and handing it over)."""
+
+    __slots__ = (
+        "addresses",
+        "cancelled",
+        "coro",
+        "deadline",
+        "dialer",
+        "errors",
+        "index",
+        "loop",
+        "receiver",
+        "timed_out",
+        "waiting",
+    )
+
+    def __init__(self, dialer: Dialer, loop: asyncio.AbstractEventLoop, receiver: DialReceiver) -> None:
+        self.dialer = dialer
+        self.loop = loop
+        self.receiver: DialReceiver | None = receiver  # None once told
+        self.addresses: list[Address] = []
+        self.index = -1
+        self.errors: list[UpstreamError] = []
+        self.coro: Coroutine[Any, Any, tuple[asyncio.Transport, Connecting]] | None = None
+        self.waiting: asyncio.Future[Any] | None = None  # what the coroutine (or the lookup) waits for
+        self.deadline = 0.0
+        self.cancelled = False
+        self.timed_out = False
+
+    def start(self) -> None:
+        resolver = self.dialer.resolver
+        addresses = resolver.fresh()
+        if addresses is not None:
+            self._begin(addresses)
+            return
+        # A lookup is due (once per refresh interval, shared): wait for it.
+        lookup = self.waiting = asyncio.ensure_future(resolver.resolve(), loop=self.loop)
+        lookup.add_done_callback(self._resolved)
+
+    def cancel(self) -> None:
+        """Give up (the tunnel ended). The receiver hears `gateway_unreached(None)` once the attempt has
+        unwound."""
+        if self.cancelled or self.receiver is None:
+            return
+        self.cancelled = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+    def expire(self) -> None:
+        """The attempt's deadline passed (the dialer's sweep): on to the next address."""
+        self.timed_out = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+    def _resolved(self, lookup: asyncio.Future[list[Address]]) -> None:
+        self.waiting = None
+        if self.cancelled:
+            self._report(None)
+            return
         try:
-            _set_keepalive(transport, self._keepalive)
-        except OSError as error:  # the peer reset the connection already
+            addresses = lookup.result()
+        except Exception as error:  # UpstreamError: the name did not resolve
+            self._report(error)
+            return
+        self._begin(addresses)
+
+    def _begin(self, addresses: list[Address]) -> None:
+        preferred = self.dialer.preferred
+        if preferred is not None and addresses[0] != preferred and preferred in addresses:
+            addresses = [preferred, *(a for a in addresses if a != preferred)]
+        self.addresses = addresses
+        self._next()
+
+    def _next(self) -> None:
+        self.index += 1
+        if self.cancelled:
+            self._report(None)
+            return
+        if self.index >= len(self.addresses):
+            errors = self.errors
+            if len(errors) == 1:
+                self._report(errors[0])
+            else:
+                self._report(UpstreamError(errors[-1].reason, "; ".join(str(e) for e in errors)))
+            return
+        family, sockaddr = self.addresses[self.index]
+        host = sockaddr[0] if family != socket.AF_INET6 or not sockaddr[3] else f"{sockaddr[0]}%{sockaddr[3]}"
+        dialer, loop = self.dialer, self.loop
+        self.timed_out = False
+        self.deadline = loop.time() + dialer.config.connect_timeout
+        dialer.track(self)
+        self.coro = loop.create_connection(dialer.new_connection, host, sockaddr[1], family=family)
+        self._step()
+
+    def _step(self, _: object = None) -> None:
+        """Run the coroutine up to its next wait, or to its end."""
+        self.waiting = None
+        coro = self.coro
+        assert coro is not None
+        try:
+            waiting = coro.send(None)
+        except StopIteration as done:
+            self._connected(done.value)
+        except (asyncio.CancelledError, OSError) as error:
+            # The future the coroutine waited for holds this exception, whose traceback holds the
+            # coroutine's frame, which holds that future: a cycle, and this frame (with the dial) in it.
+            error.__traceback__ = None
+            self._failed(self._upstream_error(error))
+        except Exception as error:  # a bug: reported with its traceback
+            self.dialer.untrack(self)
+            self._report(error)
+        else:
+            if waiting is None:  # a bare yield (asyncio.sleep(0)): go on with the next iteration
+                self.loop.call_soon(self._step)
+                return
+            self.waiting = waiting
+            waiting.add_done_callback(self._step)
+            if self.cancelled or self.timed_out:  # given up while the coroutine ran: unwind it
+                waiting.cancel()
+
+    def _connected(self, made: tuple[asyncio.Transport, Connecting]) -> None:
+        transport, connection = made
+        self.dialer.untrack(self)
+        self.coro = None
+        if self.cancelled or self.timed_out:  # the end or the deadline came after the connection was made
             transport.abort()
-            raise UpstreamError(
-                Reason.CONNECT_ERROR, f"cannot use the connection to gateway {where}: {error}"
-            ) from None
-        return connection
+            self._failed(None)
+            return
+        address = self.addresses[self.index]
+        self.dialer.preferred = address
+        receiver = self.receiver
+        self.receiver = None
+        assert receiver is not None
+        receiver.gateway_reached(connection, address)
+
+    def _upstream_error(self, error: BaseException) -> UpstreamError | None:
+        """What a failed attempt's exception means; None: cancelled (the tunnel ended, or the deadline)."""
+        if isinstance(error, asyncio.CancelledError):
+            return None
+        if isinstance(error, ConnectionRefusedError):
+            return UpstreamError(Reason.CONNECT_REFUSED, f"gateway {self._where()} refused the connection")
+        assert isinstance(error, OSError)  # unreachable, reset, or no descriptor for a socket (EMFILE)
+        return UpstreamError(
+            Reason.CONNECT_ERROR, f"cannot connect to gateway {self._where()}: {error.strerror or error}"
+        )
+
+    def _failed(self, error: UpstreamError | None) -> None:
+        """The attempt is over without a connection; `error` None: cancelled or timed out."""
+        self.dialer.untrack(self)
+        self.coro = None
+        if self.cancelled:
+            self._report(None)
+            return
+        if error is None:
+            error = UpstreamError(
+                Reason.CONNECT_TIMEOUT,
+                f"connecting to gateway {self._where()} timed out after {self.dialer.config.connect_timeout:g}s",
+            )
+        self.errors.append(error)
+        self._next()
+
+    def _report(self, error: BaseException | None) -> None:
+        receiver = self.receiver
+        self.receiver = None
+        if receiver is not None:
+            receiver.gateway_unreached(error)
+
+    def _where(self) -> str:
+        return format_address(self.addresses[self.index])
+
+
+class _Awaited:
+    """A DialReceiver that resolves a future (Dialer.connect)."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self, outcome: asyncio.Future[tuple[Connecting, Address]]) -> None:
+        self.outcome = outcome
+
+    def gateway_reached(self, connection: Connecting, address: Address) -> None:
+        if self.outcome.done():  # the caller was cancelled meanwhile
+            assert connection.transport is not None
+            connection.transport.abort()
+        else:
+            self.outcome.set_result((connection, address))
+
+    def gateway_unreached(self, error: BaseException | None) -> None:
+        if self.outcome.done():
+            return
+        if error is None:
+            self.outcome.cancel()
+        else:
+            self.outcome.set_exception(error)
 
 
 SocketOption = tuple[int, int, int]  # level, name, value
@@ -333,10 +532,10 @@ def keepalive_options(config: TunnelConfig) -> list[SocketOption]:
     return options
 
 
-def _set_keepalive(transport: asyncio.Transport, options: list[SocketOption]) -> None:
-    """TCP keepalive on the gateway connection. Through one socket object borrowing the descriptor: each
+def set_keepalive(transport: asyncio.Transport, options: list[SocketOption]) -> None:
+    """TCP keepalive on a gateway connection. Through one socket object borrowing the descriptor: each
     call on uvloop's transport socket builds a socket object of its own, and each build costs a
-    getsockname() system call."""
+    getsockname() system call. Raises OSError if the connection is broken."""
     handle = transport.get_extra_info("socket")
     if handle is None:
         return

@@ -12,8 +12,10 @@ The real Envoy gateway can do none of these (it ends the tunnel on a client FIN 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -182,3 +184,41 @@ def test_proxy_protocol_v2_mode_sends_client_and_listen_addresses(
     assert header[:12] == SIGNATURE and header[12:14] == b"\x21\x11"
     assert header[16:20] == socket.inet_aton("127.0.0.1") == header[20:24]
     assert struct.unpack("!HH", header[24:28]) == (client_port, port)
+
+
+def _keepalive_timer(local_port: int, gateway_port: int) -> str | None:
+    """The keepalive timer `ss` shows on the proxy's connection from `local_port` to the gateway, if any."""
+    shown = subprocess.run(
+        ["ss", "-tnoH", "state", "established", f"( sport = :{local_port} and dport = :{gateway_port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    match = re.search(r"timer:\(keepalive,([^,]+),", shown)
+    return match.group(1) if match else None
+
+
+def test_the_gateway_connection_gets_the_configured_keepalive(
+    serve_through_proxy: Callable[..., int],
+) -> None:
+    """Envoy's upstream tcp_keepalive. apiproxy sets it from a sweep within a second of the dial (see
+    tunnel.KEEPALIVE_DELAY), so the test waits for it rather than expecting it at once."""
+    proxy_ends: list[tuple[int, int]] = []  # (the proxy's port, the gateway's port) of each connection
+
+    async def holding(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        proxy_ends.append((writer.get_extra_info("peername")[1], writer.get_extra_info("sockname")[1]))
+        writer.write(OK)
+        await reader.read(-1)
+        writer.close()
+
+    port = serve_through_proxy(holding, "--tcp-keepalive-time", "30s", "--tcp-keepalive-interval", "7s")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"hello")
+        deadline = time.monotonic() + 5
+        timer = None
+        while time.monotonic() < deadline and timer is None:
+            time.sleep(0.1)
+            if proxy_ends:
+                timer = _keepalive_timer(*proxy_ends[0])
+    assert timer is not None, "no keepalive on the gateway connection after 5 s"
+    # The kernel shows the time left until the first probe: at most the configured idle time.
+    assert timer.endswith("sec") and 0 < int(timer.removesuffix("sec")) <= 30, timer

@@ -121,49 +121,57 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     return condition()
 
 
-# Bug 1. Two gateway addresses; the first dial connects, then fails while its keepalive options are set (as
-# when the gateway resets a new connection at once) and is abandoned. The second address must carry the
-# tunnel: the abandoned attempt must not end it. Injected: `_set_keepalive` fails once, and the resolver
-# answers with the two scripted gateways.
+# Bug 1. Two gateway addresses; the first dial connects, and its deadline falls before the dial has taken the
+# connection (the timeout sweep can run between the two), so the attempt is abandoned. The second address
+# must carry the tunnel: the abandoned attempt must not end it. Injected: the deadline falls once, at that
+# moment, and the resolver answers with the two scripted gateways.
 ABANDON_FIRST_DIAL = """
 import os, socket, sys
 import apiproxy.upstream as upstream
 calls = []
-real_keepalive = upstream._set_keepalive
-def keepalive_failing_once(transport, config):
+real_connected = upstream.Dial._connected
+def deadline_falls_first(self, made):
     calls.append(1)
     if len(calls) == 1:
-        raise ConnectionResetError(104, "Connection reset by peer (injected)")
-    return real_keepalive(transport, config)
-upstream._set_keepalive = keepalive_failing_once
+        self.timed_out = True  # what the dialer's timeout sweep does when the deadline has passed
+    return real_connected(self, made)
+upstream.Dial._connected = deadline_falls_first
 ports = [int(p) for p in os.environ["GATEWAY_PORTS"].split(",")]
-async def two_addresses(self):
+def two_addresses(self):
     return [(socket.AF_INET, ("127.0.0.1", port)) for port in ports]
-upstream.Resolver.resolve = two_addresses
+upstream.Resolver.fresh = two_addresses
 """
 
 
 def test_an_abandoned_dial_attempt_does_not_end_the_tunnel(
     gateways: Callable[[Handler], int], proxies: Callable[..., tuple[ApiproxyProcess, int, int]]
 ) -> None:
-    first, second = gateways(echo_after_ok), gateways(echo_after_ok)
+    seen_by_first: list[bytes] = []  # what each connection to the first gateway received, to its end
+
+    async def first_records(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen_by_first.append(await reader.read(-1))
+        writer.close()
+
+    first, second = gateways(first_records), gateways(echo_after_ok)
     _, port, metrics_port = proxies(
         first, prelude=ABANDON_FIRST_DIAL, env={"GATEWAY_PORTS": f"{first},{second}"}
     )
     assert exchange(port, b"through the second gateway") == b"through the second gateway"
     assert wait_for(lambda: closed_total(metrics_port, "completed") == 1)
     assert closed_total(metrics_port, "upstream_closed") == 0
+    # The first gateway's connection was made and closed unused: not even the CONNECT was sent on it.
+    assert wait_for(lambda: seen_by_first == [b""])
 
 
 # Bug 2. An unexpected exception in the tunnel's setup (a bug) must end the tunnel at once, counted, with a
-# traceback in the log, instead of leaving the client paused until the idle timeout. Injected: the dialer
-# raises RuntimeError.
+# traceback in the log, instead of leaving the client paused until the idle timeout. Injected: taking the
+# gateway connection raises RuntimeError.
 SETUP_BUG = """
 import sys
-import apiproxy.upstream as upstream
-async def broken(self, *args):
+import apiproxy.tunnel as tunnel
+def broken(self, *args):
     raise RuntimeError("injected bug in the setup")
-upstream.Dialer.connect = broken
+tunnel.UpstreamSide.__init__ = broken
 """
 
 
@@ -193,17 +201,15 @@ def test_ipv6_peers_are_logged_in_brackets(
 
 
 # Bug 5. In the legacy PROXY-v2 mode the gateway may speak first; bytes it sends before the dial has
-# returned must reach the client. Injected: the dial returns 0.3 s after the connection is made (on a
+# returned must reach the client. Injected: the dial takes the connection 0.3 s after it is made (on a
 # busy loop that is just later), so the gateway's greeting arrives in between.
 SLOW_DIAL_RETURN = """
 import asyncio, sys
 import apiproxy.upstream as upstream
-real_dial = upstream.Dialer._dial
-async def slow_return(self, *args):
-    result = await real_dial(self, *args)
-    await asyncio.sleep(0.3)
-    return result
-upstream.Dialer._dial = slow_return
+real_connected = upstream.Dial._connected
+def slow_return(self, made):
+    asyncio.get_running_loop().call_later(0.3, real_connected, self, made)
+upstream.Dial._connected = slow_return
 """
 
 

@@ -120,18 +120,37 @@ class FakeTransport:
         self.protocol.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
 
 
+class ScriptedDial:
+    """A dial that waits until the test says how it ends (`ScriptedDialer.succeed` or `fail`)."""
+
+    def __init__(self, dialer: ScriptedDialer, receiver: Tunnel) -> None:
+        self.dialer = dialer
+        self.receiver = receiver
+        self.was_cancelled = False
+
+    def start(self) -> None:
+        self.dialer.calls += 1
+        self.dialer.pending = self
+
+    def cancel(self) -> None:
+        # As the real dial: the receiver hears once the attempt has unwound, on a later loop iteration.
+        self.was_cancelled = True
+        self.dialer.loop.call_soon(self.receiver.gateway_unreached, None)
+
+    def cancelled(self) -> bool:
+        return self.was_cancelled
+
+
 class ScriptedDialer:
-    """`connect()` waits until the test calls `succeed()` or `fail()`."""
+    """`dial()` gives a dial that waits until the test calls `succeed()` or `fail()`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.calls = 0
-        self.pending: asyncio.Future[tuple[Connecting, Any]] | None = None
+        self.pending: ScriptedDial | None = None
 
-    async def connect(self) -> tuple[Connecting, Any]:
-        self.calls += 1
-        self.pending = self.loop.create_future()
-        return await self.pending
+    def dial(self, receiver: Tunnel) -> ScriptedDial:
+        return ScriptedDial(self, receiver)
 
     def succeed(self, *early: bytes) -> FakeTransport:
         """The gateway connection is made; `early`: bytes it sent before the dial returned."""
@@ -142,12 +161,12 @@ class ScriptedDialer:
         for data in early:
             connecting.data_received(data)
         assert self.pending is not None
-        self.pending.set_result((connecting, GATEWAY_ADDRESS))
+        self.pending.receiver.gateway_reached(connecting, GATEWAY_ADDRESS)
         return gateway
 
     def fail(self, error: BaseException) -> None:
         assert self.pending is not None
-        self.pending.set_exception(error)
+        self.pending.receiver.gateway_unreached(error)
 
 
 class Recorder:
