@@ -865,3 +865,18 @@ class Tunnel(asyncio.Protocol):
         context = self.context
         context.release(self)
         context.observer.tunnel_closed(self)
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Drop the links between the ended tunnel, its gateway side and their closed connections. Each
+        transport keeps its protocol, so linked they are a cycle, which only the garbage collector frees,
+        and a tunnel that lived long enough to reach its oldest generation waits for a full collection
+        (2,000 idle tunnels opened and closed a round grew RSS by 2-4 MiB a round). Unlinked, reference
+        counting frees them at once. The record stays readable: reason, times, bytes (`upstream` is
+        kept for `tx_bytes`)."""
+        self.transport = None  # type: ignore[assignment]  # the connections are gone
+        self.forward = None
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.transport = upstream.forward = None  # type: ignore[assignment]
+            upstream.tunnel = None  # type: ignore[assignment]
