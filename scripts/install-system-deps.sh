@@ -13,7 +13,7 @@ me=install-system-deps
 
 # package|what needs it (one line each, shown when the package is installed)
 needs=(
-  "iproute2|ip netns and veth links: tests/vip, tests/faults, deploy/check-image.sh"
+  "iproute2|ip netns and veth links: tests/vip, tests/faults, deploy/check-image.sh; ss: tests/integration"
   "procps|sysctl inside network namespaces: tests/vip"
   "iptables|the --setup-iptables rules: tests/vip (and the image's own copy)"
   "conntrack|the NOTRACK rules' effect on connection tracking: tests/vip/test_netns_sidecar.py"

@@ -212,7 +212,7 @@ class World:
         return tunnel, client
 
     def step(self, seconds: float = 0.0) -> None:
-        """Run the loop: callbacks due now (and the dial task), or for `seconds` of real time."""
+        """Run the loop: callbacks due now, or for `seconds` of real time."""
         for _ in range(5):
             self.loop.run_until_complete(asyncio.sleep(0))
         if seconds:
