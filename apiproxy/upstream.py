@@ -66,8 +66,9 @@ class Resolver:
         return self._addresses if time.monotonic() < self._expires else None
 
     async def resolve(self) -> list[Address]:
-        if time.monotonic() < self._expires:
-            return self._addresses
+        addresses = self.fresh()
+        if addresses is not None:
+            return addresses
         if self._pending is None:
             self._pending = asyncio.ensure_future(self._lookup())
             self._pending.add_done_callback(self._clear_pending)
@@ -381,9 +382,6 @@ class Dial:
 
     def _next(self) -> None:
         self.index += 1
-        if self.cancelled:
-            self._report(None)
-            return
         if self.index >= len(self.addresses):
             errors = self.errors
             if len(errors) == 1:

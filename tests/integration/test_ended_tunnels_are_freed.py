@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
@@ -20,6 +19,7 @@ import uvloop
 
 from apiproxy.config import Endpoint, ListenerConfig, TunnelConfig
 from apiproxy.server import ProxyServer
+from lab.gateway import free_port
 
 OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 FORBIDDEN = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"
@@ -52,14 +52,6 @@ async def through(port: int, payload: bytes = b"ping") -> bytes:
         writer.close()
 
 
-def closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
-
-
 @pytest.fixture
 def collector_off() -> Iterator[None]:
     gc.collect()
@@ -88,7 +80,7 @@ def cyclic_garbage() -> dict[str, int]:
 
 async def scenario(gateway: Callable[..., Awaitable[None]] | None, max_connections: int = 100) -> list[bytes]:
     if gateway is None:
-        gateway_port, server = closed_port(), None
+        gateway_port, server = free_port(), None  # nothing listens there: refused
     else:
         server = await asyncio.start_server(gateway, "127.0.0.1", 0)
         gateway_port = int(server.sockets[0].getsockname()[1])

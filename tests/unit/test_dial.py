@@ -17,6 +17,7 @@ import uvloop
 from apiproxy.config import Endpoint, TunnelConfig
 from apiproxy.reasons import Reason
 from apiproxy.upstream import Address, Connecting, Dial, Dialer, UpstreamError
+from lab.gateway import free_port
 
 
 class FixedAddresses:
@@ -52,47 +53,24 @@ def v4(port: int) -> Address:
 
 
 @pytest.fixture
-def listening() -> Iterator[Callable[[], int]]:
-    """Listening sockets that accept nothing themselves (the kernel completes the handshake)."""
+def listening() -> Iterator[Callable[..., int]]:
+    """Listening sockets that accept nothing themselves (the kernel completes the handshake). `full=True`:
+    backlog 0 with one connection waiting, so the accept queue is full and new SYNs are dropped."""
     sockets: list[socket.socket] = []
 
-    def listen() -> int:
+    def listen(full: bool = False) -> int:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
+        sock.listen(0 if full else 16)
         sockets.append(sock)
-        return int(sock.getsockname()[1])
-
-    yield listen
-    for sock in sockets:
-        sock.close()
-
-
-@pytest.fixture
-def silent() -> Iterator[Callable[[], int]]:
-    """A listener whose accept queue is full (backlog 0, one connection waiting): new SYNs are dropped."""
-    sockets: list[socket.socket] = []
-
-    def listen() -> int:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(0)
         port = int(sock.getsockname()[1])
-        filler = socket.create_connection(("127.0.0.1", port))
-        sockets.extend((sock, filler))
+        if full:
+            sockets.append(socket.create_connection(("127.0.0.1", port)))
         return port
 
     yield listen
     for sock in sockets:
         sock.close()
-
-
-def refused_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    sock.close()  # bound, never listened, closed: a connect is refused
-    return port
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])
@@ -119,9 +97,9 @@ def close(result: tuple[str, Any]) -> None:
 
 
 def test_the_first_address_that_connects_carries_and_is_tried_first_next_time(
-    run: Callable[[Any], Any], listening: Callable[[], int]
+    run: Callable[[Any], Any], listening: Callable[..., int]
 ) -> None:
-    refused, live = refused_port(), listening()
+    refused, live = free_port(), listening()
     dialer = dialer_for([v4(refused), v4(live)])
 
     async def scenario() -> None:
@@ -135,7 +113,7 @@ def test_the_first_address_that_connects_carries_and_is_tried_first_next_time(
 
 
 def test_every_address_refused_is_one_error_naming_each(run: Callable[[Any], Any]) -> None:
-    one, two = refused_port(), refused_port()
+    one, two = free_port(), free_port()
 
     async def scenario() -> None:
         what, error = await dial(dialer_for([v4(one)]))
@@ -152,9 +130,9 @@ def test_every_address_refused_is_one_error_naming_each(run: Callable[[Any], Any
 
 
 def test_a_silent_address_times_out_and_the_next_carries(
-    run: Callable[[Any], Any], silent: Callable[[], int], listening: Callable[[], int]
+    run: Callable[[Any], Any], listening: Callable[..., int]
 ) -> None:
-    hanging, live = silent(), listening()
+    hanging, live = listening(full=True), listening()
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -172,9 +150,9 @@ def test_a_silent_address_times_out_and_the_next_carries(
 
 
 def test_a_cancelled_dial_reports_once_it_has_unwound(
-    run: Callable[[Any], Any], silent: Callable[[], int]
+    run: Callable[[Any], Any], listening: Callable[..., int]
 ) -> None:
-    hanging = silent()
+    hanging = listening(full=True)
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
