@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-import uvloop
-
 from .config import ConfigError, ProxyConfig
+from .eventloop import new_event_loop
 from .handover import Record
 from .handover.giver import Giver
 from .handover.taker import Inherited, request_listener
@@ -43,7 +42,7 @@ class Service(Protocol):
 
 def run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run `main` on a uvloop loop (not a global policy: helper threads may run stdlib loops)."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(main())
 
 
