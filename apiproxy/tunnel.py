@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from enum import Enum, IntEnum
-from typing import Protocol, cast
+from typing import Protocol
 
 from . import splice
 from .addresses import peer as format_peer
@@ -365,9 +365,11 @@ class UpstreamSide(asyncio.BufferedProtocol):
         self.view = context.read_view
         self.get_buffer = context.get_read_buffer
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = transport = cast(asyncio.Transport, transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it (typing.cast would be a
+        # Python call per connection).
+        transport: asyncio.Transport = base  # type: ignore[assignment]
+        self.transport = transport
         buffer_size = self.tunnel.context.config.buffer_size
         transport.set_write_buffer_limits(high=buffer_size, low=buffer_size // 4)
 
@@ -514,9 +516,10 @@ class Tunnel(asyncio.Protocol):
 
     # --- the client connection ------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = transport = cast(asyncio.Transport, transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it (as in UpstreamSide).
+        transport: asyncio.Transport = base  # type: ignore[assignment]
+        self.transport = transport
         context = self.context
         self.started_at = time.monotonic()
         refusal = context.admit(self)
@@ -821,7 +824,8 @@ class Tunnel(asyncio.Protocol):
         self.phase = ENDING
         self.reason = reason
         context = self.context
-        context.clear_deadline(self)
+        if self.deadline:  # most tunnels end relaying, when no deadline runs
+            context.clear_deadline(self)
         if detail is not None:
             context.log_failure(self, detail)
         if self.up_pump is not None or self.down_pump is not None:

@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from .addresses import host_port
 from .config import DNSFamily, Endpoint, TunnelConfig
@@ -155,7 +155,7 @@ class Connecting(asyncio.BufferedProtocol):
         self.events: list[bytes | object] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = transport  # type: ignore[assignment]  # uvloop's: no asyncio.Transport subclass
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.view
@@ -188,7 +188,7 @@ class Connecting(asyncio.BufferedProtocol):
         transport = self.transport
         assert transport is not None
         self.receiver = protocol
-        transport.set_protocol(cast(asyncio.BaseProtocol, protocol))
+        transport.set_protocol(protocol)  # type: ignore[arg-type]  # a protocol, structurally
         protocol.connection_made(transport)
         return transport
 
