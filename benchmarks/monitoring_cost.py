@@ -190,7 +190,7 @@ async def _tunnels(tunnels: int, concurrency: int, monitoring: bool) -> float:
 
 
 def tunnels_run(tunnels: int, concurrency: int, monitoring: bool) -> float:
-    import uvloop
+    from apiproxy.eventloop import new_event_loop  # the loop `apiproxy run` serves on
 
     # The access log goes to stdout: to /dev/null here, so the harness's own output stays readable.
     sys.stdout.flush()
@@ -198,7 +198,7 @@ def tunnels_run(tunnels: int, concurrency: int, monitoring: bool) -> float:
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(_tunnels(tunnels, concurrency, monitoring))
     finally:
         sys.stdout.flush()

@@ -15,9 +15,9 @@ import gc
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-import uvloop
 
 from apiproxy.config import Endpoint, ListenerConfig, TunnelConfig
+from apiproxy.eventloop import new_event_loop
 from apiproxy.server import ProxyServer
 from lab.gateway import free_port
 
@@ -120,7 +120,7 @@ async def scenario(gateway: Callable[..., Awaitable[None]] | None, max_connectio
 def test_ended_tunnels_leave_no_cycle(
     case: str, gateway: Callable[..., Awaitable[None]] | None, max_connections: int, expected: bytes | None
 ) -> None:
-    loop = uvloop.new_event_loop()
+    loop = new_event_loop()  # the loop `apiproxy run` serves on
     try:
         answers = loop.run_until_complete(asyncio.wait_for(scenario(gateway, max_connections), 30))
     finally:
