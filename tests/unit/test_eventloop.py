@@ -78,7 +78,7 @@ def test_untrack_transports_changes_a_loop_once() -> None:
         loop.close()
 
 
-def test_a_loop_without_the_map_is_left_alone() -> None:
+def test_asyncio_s_own_loop_is_left_alone() -> None:
     """asyncio's own loop keeps a map of that kind too, for the same check: only uvloop's is changed."""
     loop = asyncio.new_event_loop()
     try:
