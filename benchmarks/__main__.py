@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             results["vip"] = {"skipped": reason}
             progress(f"VIP repair skipped: {reason}")
     results["summary"] = report.summarize(
-        results["passes"], arguments.variants, settings.idle_counts, settings.storm_clients
+        results["passes"],
+        arguments.variants,
+        settings.idle_counts,
+        settings.storm_clients,
+        settings.paced_rate,
     )
     results["seconds"] = time.time() - started
     table = report.markdown(results["summary"], results.get("vip"), settings.runs)

@@ -1,6 +1,7 @@
 """The workloads, each bounded in count and time, all on loopback: bulk throughput (iperf3 through the
 tunnel), tunnel setup (connect, one small request/response, close, at a fixed concurrency), keep-alive
-request/response (wrk over established tunnels), idle tunnels held open for the memory figures, and the
+request/response (wrk over established tunnels), idle tunnels held open for the memory figures, paced
+setup (new tunnels at a fixed rate below saturation: the load generator's `rate` scenario), and the
 reconnect storm (N clients at once, each TLS through its tunnel and one request: the load generator's
 `storm` scenario, `python -m benchmarks load`)."""
 
@@ -153,23 +154,55 @@ class IdleTunnels:
         self.transports.clear()
 
 
+def _load_generator(arguments: list[str], timeout: float, what: str) -> dict[str, Any]:
+    """Runs `python -m benchmarks load ARGUMENTS` in processes of its own (its workers use every CPU) and
+    returns its results.json."""
+    with tempfile.TemporaryDirectory(prefix="apiproxy-bench-load-") as output:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks", "load", *arguments, "--output", output],
+            capture_output=True, text=True, timeout=timeout, check=False,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+        results_file = Path(output) / "results.json"
+        if not results_file.exists():
+            raise RuntimeError(f"the {what}'s load generator failed: {done.stderr.strip()[-800:]}")
+        results: dict[str, Any] = json.loads(results_file.read_text())
+        return results
+
+
+def paced(port: int, rate: float, seconds: float, timeout: float) -> dict[str, Any]:
+    """New tunnels at a fixed rate, open loop (tunnel i starts at i/rate s whatever the others are doing),
+    each one plain request and its answer: the load generator's rate scenario. Below the machine's
+    capacity, unlike the setup workload, no process waits for a CPU, so the node proxy's CPU per tunnel
+    is the cost of a tunnel rather than its share of a saturated machine divided by the rate."""
+    results = _load_generator(
+        ["rate", f"{rate:g}", "--duration", f"{seconds:g}s", "--target", f"127.0.0.1:{port}", "--plain",
+         "--timeout", f"{timeout:g}s"],
+        seconds + timeout + 120, "paced setup",
+    )  # fmt: skip
+    total = results["phases"].get("total") or {}
+    return {
+        "asked_rate": results["asked_rate"],
+        "achieved_rate": results["achieved_rate"],
+        "ok": results["ok"],
+        "failures": results["failed_total"],
+        "p50_ms": total.get("p50_ms"),
+        "p99_ms": total.get("p99_ms"),
+        "generator_limited": results["generator"]["limited"],
+        "generator": results["generator"]["verdict"],
+    }
+
+
 def storm(port: int, clients: int, ca_file: Path, timeout: float) -> dict[str, Any]:
     """`clients` tunnels started at once against 127.0.0.1:`port`, each a TLS handshake through the tunnel
     (verified as kubernetes.default.svc against `ca_file`) and one request, all held until the last is
     answered, as pods reconnecting after an API server restart: the load generator's storm scenario in a
     process of its own (its workers use every CPU). Returns the time until all were served, the latency per
     tunnel from the storm's start to its answer, the failures, and the generator's verdict on itself."""
-    with tempfile.TemporaryDirectory(prefix="apiproxy-bench-storm-") as output:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks", "load", "storm", str(clients), "--target", f"127.0.0.1:{port}",
-             "--ca", str(ca_file), "--timeout", f"{timeout:g}s", "--output", output],
-            capture_output=True, text=True, timeout=timeout + 120, check=False,
-            cwd=Path(__file__).resolve().parents[1],
-        )  # fmt: skip
-        results_file = Path(output) / "results.json"
-        if not results_file.exists():
-            raise RuntimeError(f"the storm's load generator failed: {done.stderr.strip()[-800:]}")
-        results = json.loads(results_file.read_text())
+    results = _load_generator(
+        ["storm", str(clients), "--target", f"127.0.0.1:{port}", "--ca", str(ca_file), "--timeout", f"{timeout:g}s"],
+        timeout + 120, "storm",
+    )  # fmt: skip
     total = results["phases"].get("total") or {}
     return {
         "clients": clients,

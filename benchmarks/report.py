@@ -41,9 +41,12 @@ class Metric:
         return ratio >= self.target[1] if self.target[0] == "min" else ratio <= self.target[1]
 
 
-def metrics(idle_counts: tuple[int, int], storm_clients: int | None = None) -> list[Metric]:
+def metrics(
+    idle_counts: tuple[int, int], storm_clients: int | None = None, paced_rate: float | None = None
+) -> list[Metric]:
     small, large = idle_counts
     storm = f"Reconnect storm ({storm_clients:,} clients)" if storm_clients else "Reconnect storm"
+    paced = f"Paced setup ({paced_rate:,.0f} tunnels/s)" if paced_rate else "Paced setup"
     return [
         Metric("bulk_1_gbps", "Bulk throughput, 1 stream", "Gbit/s", ("bulk_1", "gbps"), target=("min", 1.3)),
         Metric("bulk_8_gbps", "Bulk throughput, 8 streams", "Gbit/s", ("bulk_8", "gbps"), target=("min", 1.2)),
@@ -58,6 +61,10 @@ def metrics(idle_counts: tuple[int, int], storm_clients: int | None = None) -> l
         Metric("setup_p50_ms", "Tunnel setup latency p50", "ms", ("setup", "p50_ms")),
         Metric("setup_p99_ms", "Tunnel setup latency p99", "ms", ("setup", "p99_ms"), target=("max", 0.9)),
         Metric("cpu_per_tunnel_us", "Node CPU per tunnel", "µs", ("setup", "cpu_us_per_tunnel"), target=("max", 0.85)),
+        Metric("setup_cpu_cores", "Node CPU used under the setup load", "cores", ("setup", "cpu_cores")),
+        Metric("paced_p50_ms", f"{paced}: latency p50", "ms", ("paced", "p50_ms")),
+        Metric("paced_p99_ms", f"{paced}: latency p99", "ms", ("paced", "p99_ms")),
+        Metric("paced_cpu_us", f"{paced}: node CPU per tunnel", "µs", ("paced", "cpu_us_per_tunnel")),
         Metric("keepalive_rps", "Keep-alive requests/s", "req/s", ("keepalive", "rps")),
         Metric("keepalive_p50_ms", "Keep-alive latency p50", "ms", ("keepalive", "p50_ms")),
         Metric("keepalive_p99_ms", "Keep-alive latency p99", "ms", ("keepalive", "p99_ms"), target=("max", 0.9)),
@@ -81,10 +88,11 @@ def summarize(
     variants: tuple[str, ...],
     idle_counts: tuple[int, int],
     storm_clients: int | None = None,
+    paced_rate: float | None = None,
 ) -> dict[str, Any]:
     """Per metric and variant: median, min, max and every run's value; per metric: the ratios to each Envoy."""
     summary: dict[str, Any] = {}
-    for metric in metrics(idle_counts, storm_clients):
+    for metric in metrics(idle_counts, storm_clients, paced_rate):
         row: dict[str, Any] = {"label": metric.label, "unit": metric.unit, "target": metric.target_text(),
                                "variants": {}, "ratios": {}}  # fmt: skip
         for variant in variants:
@@ -134,7 +142,10 @@ ENVOY_NOTE = (
     "circuit breakers raised to 11,000 tunnels. Gardener's config sets no circuit breakers, and Envoy's default "
     "of 1,024 connections per cluster would reset every tunnel beyond the 1,024th (a reconnect storm's, the "
     "10,000 idle tunnels'). Reconnect storm: every client starts at once, TLS through its tunnel (verified as "
-    "kubernetes.default.svc) and one request; latency per tunnel from the storm's start to its answer."
+    "kubernetes.default.svc) and one request; latency per tunnel from the storm's start to its answer. "
+    "Setup: closed loop, the machine saturated; every process then gets about its share of the cores (the "
+    "'cores' row), so node CPU per tunnel is that share over the rate the whole path reached. Paced setup: new "
+    "tunnels at a fixed rate (open loop) below saturation, where node CPU per tunnel is what a tunnel costs."
 )
 
 
@@ -170,7 +181,8 @@ def _monitoring_cost(summary: dict[str, Any]) -> str | None:
     """The monitoring A/B of one run: apiproxy's node CPU per tunnel with metrics and the access log, less
     apiproxy-nomon's (medians), where both were measured."""
     costs = []
-    for key, what in (("cpu_per_tunnel_us", "new tunnel (setup)"), ("storm_cpu_us", "storm tunnel")):
+    for key, what in (("cpu_per_tunnel_us", "new tunnel (setup)"), ("paced_cpu_us", "paced tunnel"),
+                      ("storm_cpu_us", "storm tunnel")):  # fmt: skip
         variants = summary.get(key, {}).get("variants", {})
         if "apiproxy" in variants and "apiproxy-nomon" in variants:
             cost = variants["apiproxy"]["median"] - variants["apiproxy-nomon"]["median"]

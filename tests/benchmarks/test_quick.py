@@ -35,12 +35,14 @@ def test_quick_run_writes_every_figure_for_every_variant(tmp_path: Path) -> None
     idle_counts = tuple(results["settings"]["idle_counts"])
     storm_clients = results["settings"]["storm_clients"]
     assert storm_clients == 100  # CI's storm: small
-    for metric in metrics(idle_counts, storm_clients):
+    paced_rate = results["settings"]["paced_rate"]
+    for metric in metrics(idle_counts, storm_clients, paced_rate):
         row = results["summary"][metric.key]
         proxies = ("apiproxy", "envoy-c1", "envoy-c2")
         # The no-proxy variant has no node-proxy process, hence no CPU or memory figures, and no gateway.
-        expected = set(VARIANTS) if metric.path[0] in {"bulk_1", "bulk_8", "bulk_1r", "setup", "keepalive", "storm"} and not (
-            metric.key.startswith(("cpu_", "gw_")) or metric.key in ("keepalive_cpu_us", "storm_cpu_us")
+        expected = set(VARIANTS) if metric.path[0] in {"bulk_1", "bulk_8", "bulk_1r", "setup", "paced", "keepalive", "storm"} and not (
+            metric.key.startswith(("cpu_", "gw_"))
+            or metric.key in ("keepalive_cpu_us", "storm_cpu_us", "paced_cpu_us", "setup_cpu_cores")
         ) else set(proxies)  # fmt: skip
         assert set(row["variants"]) == expected, metric.key
         for figure in row["variants"].values():
@@ -57,6 +59,9 @@ def test_quick_run_writes_every_figure_for_every_variant(tmp_path: Path) -> None
             assert (ratio["meets_target"] is None) == (metric.target is None)
     for figures in results["passes"]:
         assert figures["setup"]["failures"] == 0, figures
+        paced = figures["paced"]
+        assert (paced["asked_rate"], paced["ok"], paced["failures"]) == (200, 200, 0), paced
+        assert paced["p50_ms"] <= paced["p99_ms"], paced
         storm = figures["storm"]
         assert (storm["clients"], storm["ok"]) == (100, 100), storm
         assert storm["p50_ms"] <= storm["p99_ms"] <= storm["max_ms"] <= storm["served_s"] * 1000 + 1, storm
@@ -75,6 +80,7 @@ def test_quick_run_writes_every_figure_for_every_variant(tmp_path: Path) -> None
     table = (tmp_path / "results.md").read_text()
     assert "| Metric | Unit | apiproxy | Envoy c1 | Envoy c2 | no proxy |" in table
     assert "| Reconnect storm (100 clients): all served after | s |" in table
+    assert "| Paced setup (200 tunnels/s): node CPU per tunnel | µs |" in table
     assert "circuit breakers raised to 11,000" in table  # the node Envoy's limits, said under the table
     assert table in done.stdout
 

@@ -74,3 +74,24 @@ def test_the_monitoring_ab_has_a_column_and_a_line_only_when_measured() -> None:
     assert "Monitoring A/B (" in with_ab and ": 5.5 µs per new tunnel (setup);" in with_ab
     without = markdown(summarize(passes[::2], VARIANTS, (1000, 10000)), None, 1)
     assert "monitoring off" not in without and "Monitoring A/B" not in without
+
+
+def test_paced_rows_name_the_rate_and_have_no_target_and_the_cores_row_is_the_proxys() -> None:
+    passes = [
+        {"variant": v, "setup": {"cpu_cores": cores}, "paced": {"p99_ms": 3.0, "cpu_us_per_tunnel": cpu}}
+        for v, cores, cpu in (("apiproxy", 0.5, 270.0), ("envoy-c1", 0.5, 300.0), ("envoy-c2", 0.6, 330.0),
+                              ("none", None, None))
+    ]  # fmt: skip
+    summary = summarize(passes, VARIANTS, (1000, 10000), 2000, 1000.0)
+    cpu = summary["paced_cpu_us"]
+    assert cpu["label"] == "Paced setup (1,000 tunnels/s): node CPU per tunnel"
+    assert cpu["ratios"]["envoy-c1"] == {"ratio": 0.9, "meets_target": None}
+    assert set(cpu["variants"]) == {"apiproxy", "envoy-c1", "envoy-c2"}
+    assert set(summary["paced_p99_ms"]["variants"]) == set(VARIANTS)
+    assert set(summary["setup_cpu_cores"]["variants"]) == {"apiproxy", "envoy-c1", "envoy-c2"}
+    table = markdown(summary, None, 1)
+    assert (
+        "| Paced setup (1,000 tunnels/s): node CPU per tunnel | µs | 270 | 300 | 330 | – | 0.90× | 0.82× |  |"
+        in table
+    )
+    assert "| Node CPU used under the setup load | cores | 0.50 | 0.50 | 0.60 | – |" in table
