@@ -25,7 +25,7 @@ _CACHE_MAX_ENTRIES = 256
 _CACHE_MAX_HEAD = 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
 class ConnectAnswer:
     status: int
     reason: bytes
@@ -70,6 +70,17 @@ _PROTOTYPE_REQUEST = h11.Request(
 _known_heads: dict[bytes, tuple[int, bytes]] = {}
 
 
+def known_answer(data: bytes) -> tuple[int, bytes, int] | None:
+    """(status, reason phrase, head length) if `data`, the first bytes of an answer, begins with a whole
+    head h11 has read before; else None (then a `ConnectHandshake` reads it). The proxy's path for most
+    tunnels: no parser object and no answer object per tunnel."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    known = _known_heads.get(data[: end + 4])
+    return None if known is None else (known[0], known[1], end + 4)
+
+
 class ConnectHandshake:
     """Reads one CONNECT answer. Not reusable."""
 
@@ -87,11 +98,9 @@ class ConnectHandshake:
         """Bytes from the gateway. Returns the answer once the head is complete, else None. Bytes behind a
         2xx head, however many arrived with it, are tunnel data: only the head is bounded."""
         if self._client is None:
-            end = data.find(b"\r\n\r\n")
-            if end >= 0:
-                known = _known_heads.get(data[: end + 4])
-                if known is not None:
-                    return ConnectAnswer(known[0], known[1], data[end + 4 :])
+            known = known_answer(data)
+            if known is not None:
+                return ConnectAnswer(known[0], known[1], data[known[2] :])
             self._client = _new_client(_PROTOTYPE_REQUEST, self._max_head_size)[0]
         if len(self._head) <= _CACHE_MAX_HEAD:
             self._head += data[: _CACHE_MAX_HEAD + 1 - len(self._head)]

@@ -38,7 +38,7 @@ from typing import Protocol
 from . import splice
 from .addresses import peer as format_peer
 from .config import TunnelConfig, UpstreamProtocol
-from .handshake import ConnectHandshake, HandshakeError, build_connect_request
+from .handshake import ConnectHandshake, HandshakeError, build_connect_request, known_answer
 from .proxy_protocol import encode_v2
 from .reasons import SETUP_FAILURES, Reason, Refusal
 from .splice import READ_SIZE, SPLICE_THRESHOLD, SplicePump, Splicer
@@ -354,10 +354,11 @@ class UpstreamSide(asyncio.BufferedProtocol):
     get_buffer: Callable[[int], memoryview]  # type: ignore[assignment]  # the context's, set per tunnel
     data_received = None
 
-    def __init__(self, tunnel: Tunnel, handshake: ConnectHandshake | None) -> None:
+    def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
-        self.handshake = handshake
+        # The reader of a CONNECT answer whose first bytes were not a head read before (Tunnel.answer_received).
+        self.handshake: ConnectHandshake | None = None
         # Set when the relay starts: the client's transport, where the gateway's bytes go.
         self.forward: asyncio.Transport | None = None
         self.rx_bytes = 0
@@ -652,7 +653,7 @@ class Tunnel(asyncio.Protocol):
             assert connection.transport is not None
             connection.transport.abort()
             return
-        upstream = UpstreamSide(self, None if context.proxy_protocol else ConnectHandshake())
+        upstream = UpstreamSide(self)
         gateway = connection.hand_over(upstream)
         self.upstream = upstream
         context.keepalive_later(self)
@@ -672,27 +673,37 @@ class Tunnel(asyncio.Protocol):
         self._end(Reason.INTERNAL_ERROR)
 
     def answer_received(self, data: bytes) -> None:
+        """Bytes of the gateway's CONNECT answer (and any tunnel data right behind it)."""
+        if self.phase is not ANSWERING:
+            return  # ending: whatever the gateway still sends is dropped
         upstream = self.upstream
         assert upstream is not None
         handshake = upstream.handshake
         if handshake is None:
-            return  # ending: whatever the gateway still sends is dropped
+            # The answer's first bytes. A gateway answers the same few heads over and over: one h11 has read
+            # before needs no parser of its own (see handshake.py).
+            known = known_answer(data)
+            if known is not None:
+                self._answered(known[0], known[1], data[known[2] :])
+                return
+            handshake = upstream.handshake = ConnectHandshake()
         try:
             answer = handshake.feed(data)
         except HandshakeError as error:
             self._end(error.reason, str(error))
             return
-        if answer is None:
+        if answer is not None:
+            self._answered(answer.status, answer.reason, answer.tunnel_data)
+
+    def _answered(self, status: int, reason: bytes, tunnel_data: bytes) -> None:
+        self.response_code = status
+        if not 200 <= status < 300:
+            phrase = reason[:REASON_PHRASE_LIMIT].decode("ascii", "backslashreplace")
+            self._end(Reason.GATEWAY_REJECTED, f"gateway answered the CONNECT with {status} {phrase!r}")
             return
-        self.response_code = answer.status
-        if not answer.accepted:
-            phrase = answer.reason[:REASON_PHRASE_LIMIT].decode("ascii", "backslashreplace")
-            self._end(
-                Reason.GATEWAY_REJECTED, f"gateway answered the CONNECT with {answer.status} {phrase!r}"
-            )
-            return
-        upstream.handshake = None
-        self._start_relay(answer.tunnel_data)
+        assert self.upstream is not None
+        self.upstream.handshake = None
+        self._start_relay(tunnel_data)
 
     def _start_relay(self, tunnel_data: bytes) -> None:
         upstream = self.upstream
@@ -727,9 +738,9 @@ class Tunnel(asyncio.Protocol):
                 self.transport.write_eof()
         elif phase is ANSWERING:
             upstream = self.upstream
-            assert upstream is not None and upstream.handshake is not None
+            assert upstream is not None
             try:
-                upstream.handshake.feed_eof()
+                (upstream.handshake or ConnectHandshake()).feed_eof()
             except HandshakeError as error:
                 self._end(error.reason, str(error))
 

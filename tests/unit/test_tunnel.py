@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from apiproxy import handshake
 from apiproxy.config import Endpoint, TunnelConfig, UpstreamProtocol
+from apiproxy.handshake import ConnectHandshake
 from apiproxy.proxy_protocol import SIGNATURE
 from apiproxy.reasons import Reason, Refusal
 from apiproxy.tunnel import Phase, Tunnel, TunnelContext
@@ -258,6 +260,52 @@ def test_nothing_is_dialled_before_the_first_byte_and_no_byte_passes_the_answer(
     assert bytes(gateway.written) == world.context.connect_request + b"hello again"
     assert bytes(client.written) == b"server first"
     assert [e for e, _ in world.observer.events] == ["opened", "established"]
+
+
+@pytest.mark.parametrize("head_known", [False, True], ids=["first-time head (h11)", "known head (no parser)"])
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [(OK, 200), (b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n", 503)],
+)
+def test_an_answer_reads_the_same_whether_its_head_is_new_or_known(
+    world: World, head_known: bool, answer: bytes, code: int
+) -> None:
+    handshake._known_heads.clear()
+    if head_known:  # h11 has read this head once: the tunnel then reads it without a ConnectHandshake
+        assert ConnectHandshake().feed(answer) is not None and answer in handshake._known_heads
+    tunnel, client = world.accept()
+    client.send(b"hello")
+    world.step()
+    gateway = world.dialer.succeed()
+    world.step()
+    gateway.send(answer + (b"behind the head" if code == 200 else b""))
+    assert tunnel.response_code == code
+    if code == 200:
+        assert tunnel.phase is Phase.RELAYING
+        assert bytes(client.written) == b"behind the head"  # tunnel data, however the head was read
+        assert bytes(gateway.written) == world.context.connect_request + b"hello"
+        assert tunnel.upstream is not None and tunnel.upstream.handshake is None
+    else:
+        assert tunnel.reason is Reason.GATEWAY_REJECTED and client.written == b""
+        assert gateway.ended == "abort"
+    assert answer in handshake._known_heads
+
+
+@pytest.mark.parametrize(("sent", "count"), [(b"", 0), (b"HTTP/1.1 200 OK\r\n", 17)])
+def test_a_gateway_that_closes_before_a_whole_answer_fails_the_tunnel(
+    world: World, sent: bytes, count: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    tunnel, client = world.accept()
+    client.send(b"hello")
+    world.step()
+    gateway = world.dialer.succeed()
+    world.step()
+    if sent:
+        gateway.send(sent)
+    gateway.send_eof()
+    world.step()
+    assert tunnel.reason is Reason.CLOSED_BEFORE_ANSWER
+    assert f"after {count} bytes, before a complete CONNECT answer" in caplog.text
 
 
 def test_a_client_that_piles_up_bytes_before_the_answer_is_paused_at_64_kib(world: World) -> None:
