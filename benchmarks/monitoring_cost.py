@@ -95,7 +95,7 @@ def observer_run(tunnels: int, monitoring: bool) -> float:
         tunnel.started_wall = wall + n * 0.0003  # ~3,000 tunnels/s: the log's second changes rarely
         tunnel.started_at = 1000.0 + n * 0.0003
         observer.tunnel_opened(tunnel)
-        upstream = UpstreamSide(tunnel, None)
+        upstream = UpstreamSide(tunnel)
         upstream.head_bytes = 19
         tunnel.upstream = upstream
         tunnel.upstream_address = gateway

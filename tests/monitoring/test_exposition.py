@@ -87,7 +87,7 @@ def scripted(upstream_host: str, envoy_names: bool = True) -> str:
         context.tunnels.add(tunnel)
         observer.tunnel_opened(tunnel)
         if connected:
-            upstream = UpstreamSide(tunnel, None)
+            upstream = UpstreamSide(tunnel)
             upstream.head_bytes = head
             tunnel.upstream = upstream
             tunnel.upstream_address = (2, ("10.250.0.9", 8443))
