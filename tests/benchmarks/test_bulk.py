@@ -4,7 +4,6 @@ another test is waited for (a bounded number of tries), any other failure is rep
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks import loads
+from lab.gateway import free_port
 
 # The workload's `time` is replaced by one whose sleep records the waits between tries (and waits).
 _sleep = time.sleep
@@ -22,15 +22,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def server() -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -79,5 +73,5 @@ def test_any_other_failure_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) 
     waits = _Waits()
     monkeypatch.setattr(loads, "time", SimpleNamespace(sleep=waits))
     with pytest.raises(RuntimeError, match=r"iperf3 failed: .*(refused|unable to connect)"):
-        loads.bulk(_free_port(), 1, 1.0)
+        loads.bulk(free_port(), 1, 1.0)
     assert waits.calls == []
